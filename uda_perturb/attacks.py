@@ -1,0 +1,68 @@
+"""Attack objectives (registry ``ATTACKS``): losses that the perturbation *maximises*.
+
+Each objective is a small module called as ``objective(ctx, features, logits) -> scalar`` where
+``logits = classifier(features)`` at feature resolution. Register your own with ``register_attack``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .losses import SOURCE_LABEL, TARGET_LABEL, bce_to, entropy_loss, kl_div, seg_ce, upsample
+from .models.discriminators import discriminator_input
+from .objective_context import ObjectiveContext
+from .registry import ATTACKS
+
+
+class AttackObjective(nn.Module):
+    """Base class: subclasses implement ``forward(ctx, features, logits)`` returning a scalar to maximise."""
+
+    needs_discriminator: bool = False
+
+    def forward(self, ctx: ObjectiveContext, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@ATTACKS.register("classifier")
+class ClassifierAttack(AttackObjective):
+    """Cross-entropy of the classifier: with ``ctx.labels`` when given (source), else without labels.
+
+    Without labels, ``target_mode="pseudo"`` uses the argmax of the clean prediction as label;
+    ``target_mode="kl"`` maximises ``KL(p_clean || p(f))`` (VAT-style; needs ``random_start``, since its
+    gradient at the clean features is zero).
+    """
+
+    def __init__(self, target_mode: str = "pseudo", pseudo_threshold: float = 0.0) -> None:
+        super().__init__()
+        if target_mode not in ("pseudo", "kl"):
+            raise ValueError(f"target_mode must be 'pseudo' or 'kl', got {target_mode!r}")
+        self.target_mode = target_mode
+        self.pseudo_threshold = pseudo_threshold
+
+    def forward(self, ctx: ObjectiveContext, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if ctx.labels is not None:
+            return seg_ce(logits, ctx.labels, ctx.ignore_index)
+        if self.target_mode == "kl":
+            return kl_div(ctx.clean_at_pixels(), upsample(logits, ctx.pixel_size))
+        return seg_ce(logits, ctx.pseudo_labels(self.pseudo_threshold), ctx.ignore_index)
+
+
+@ATTACKS.register("entropy")
+class EntropyAttack(AttackObjective):
+    """Mean normalised entropy of the prediction: pushes every position towards uncertainty."""
+
+    def forward(self, ctx: ObjectiveContext, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return entropy_loss(upsample(logits, ctx.pixel_size))
+
+
+@ATTACKS.register("discriminator")
+class DiscriminatorAttack(AttackObjective):
+    """Maximise D's loss for the true domain: source moves towards target, target towards source."""
+
+    needs_discriminator = True
+
+    def forward(self, ctx: ObjectiveContext, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        assert ctx.discriminator is not None
+        d_in = discriminator_input(ctx.discriminator_input, features, upsample(logits, ctx.pixel_size))
+        label = SOURCE_LABEL if ctx.domain == "source" else TARGET_LABEL
+        return bce_to(ctx.discriminator(d_in), label)

@@ -1,0 +1,60 @@
+"""Defense losses (registry ``DEFENSES``): what the classifier *minimises* on perturbed features.
+
+Each is called as ``defense(ctx, adv_logits) -> scalar``; ``adv_logits = classifier(perturbed)``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .losses import entropy_loss, kl_div, seg_ce, upsample
+from .objective_context import ObjectiveContext
+from .registry import DEFENSES
+
+
+class DefenseLoss(nn.Module):
+    """Base class: subclasses implement ``forward(ctx, adv_logits)`` returning a scalar to minimise."""
+
+    needs_labels: bool = False
+
+    def forward(self, ctx: ObjectiveContext, adv_logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@DEFENSES.register("ce")
+class CrossEntropyDefense(DefenseLoss):
+    """``CE(F(f*), y)`` with the ground-truth labels (source)."""
+
+    needs_labels = True
+
+    def forward(self, ctx: ObjectiveContext, adv_logits: torch.Tensor) -> torch.Tensor:
+        assert ctx.labels is not None
+        return seg_ce(adv_logits, ctx.labels, ctx.ignore_index)
+
+
+@DEFENSES.register("kl")
+class KLDefense(DefenseLoss):
+    """``KL(p(f) detached || p(f*))``: the perturbed prediction must match the clean one."""
+
+    def forward(self, ctx: ObjectiveContext, adv_logits: torch.Tensor) -> torch.Tensor:
+        return kl_div(ctx.clean_at_pixels(), upsample(adv_logits, ctx.pixel_size))
+
+
+@DEFENSES.register("entropy")
+class EntropyDefense(DefenseLoss):
+    """Mean normalised entropy of ``softmax(F(f*))``."""
+
+    def forward(self, ctx: ObjectiveContext, adv_logits: torch.Tensor) -> torch.Tensor:
+        return entropy_loss(upsample(adv_logits, ctx.pixel_size))
+
+
+@DEFENSES.register("pseudo_ce")
+class PseudoLabelDefense(DefenseLoss):
+    """``CE(F(f*), argmax p(f))`` on positions whose clean confidence reaches ``threshold``."""
+
+    def __init__(self, threshold: float = 0.9) -> None:
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(self, ctx: ObjectiveContext, adv_logits: torch.Tensor) -> torch.Tensor:
+        return seg_ce(adv_logits, ctx.pseudo_labels(self.threshold), ctx.ignore_index)

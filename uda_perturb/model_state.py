@@ -1,0 +1,48 @@
+"""Freeze model state while an attack runs: no BatchNorm statistics updated, dropout off, modes restored."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+_BN = (nn.modules.batchnorm._BatchNorm,)
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
+
+@contextlib.contextmanager
+def frozen_state(*modules: nn.Module | None, bn_mode: str = "eval") -> Iterator[None]:
+    """Run the body with every BatchNorm and dropout layer of ``modules`` frozen.
+
+    ``bn_mode="eval"`` normalises with running statistics (deterministic attack);
+    ``bn_mode="batch"`` keeps batch statistics but restores the running buffers afterwards.
+    Dropout is always disabled. Every module's ``training`` flag and every BN buffer is restored on exit,
+    also when the body raises.
+    """
+    if bn_mode not in ("eval", "batch"):
+        raise ValueError(f"bn_mode must be 'eval' or 'batch', got {bn_mode!r}")
+    seen: dict[int, nn.Module] = {}
+    for module in modules:
+        if module is None:
+            continue
+        for m in module.modules():
+            seen.setdefault(id(m), m)
+    modes = {k: m.training for k, m in seen.items()}
+    buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
+    try:
+        for m in seen.values():
+            if isinstance(m, _DROPOUT):
+                m.eval()
+            elif isinstance(m, _BN):
+                if bn_mode == "eval":
+                    m.eval()
+                else:
+                    buffers += [(b, b.detach().clone()) for b in m.buffers(recurse=False)]
+        yield
+    finally:
+        with torch.no_grad():
+            for live, saved in buffers:
+                live.copy_(saved)
+        for k, m in seen.items():
+            m.training = modes[k]

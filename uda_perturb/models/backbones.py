@@ -1,0 +1,202 @@
+"""Backbones G (registry ``BACKBONES``). Each returns ``{"aux": earlier stage, "out": last stage}``
+and exposes ``out_channels``, ``aux_channels`` and ``output_stride``. No weights are loaded unless
+``weights=`` names a local checkpoint (or a torchvision weights name)."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from ..registry import BACKBONES
+from .weights import load_weights
+
+BN_MODES = ("train", "frozen", "affine_frozen")
+
+
+class Backbone(nn.Module):
+    """A feature extractor returning the auxiliary and the main feature maps."""
+
+    out_channels: int
+    aux_channels: int
+    output_stride: int
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _norm_layer(bn: str) -> Callable[[int], nn.Module]:
+    if bn not in BN_MODES:
+        raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
+    return FrozenBatchNorm2d if bn == "frozen" else nn.BatchNorm2d
+
+
+def _finish(model: Backbone, bn: str, weights: Optional[str]) -> Backbone:
+    if weights:
+        load_weights(model.body if hasattr(model, "body") else model, weights)
+    if bn == "affine_frozen":  # DeepLab-v2 official: BN affine fixed, batch statistics still used
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.requires_grad_(False)
+                m.bias.requires_grad_(False)
+    return model
+
+
+def _dilate(layer: nn.Sequential, dilation: int) -> None:
+    """Turn a strided torchvision ResNet stage into a dilated stride-1 one (works for BasicBlock too)."""
+    for module in layer.modules():
+        if isinstance(module, nn.Conv2d):
+            if module.stride == (2, 2):
+                module.stride = (1, 1)
+            if module.kernel_size == (3, 3):
+                module.dilation, module.padding = (dilation, dilation), (dilation, dilation)
+
+
+class ResNetBackbone(Backbone):
+    """torchvision ResNet at output stride 8: layer3 dilated 2, layer4 dilated 4, maxpool with ceil_mode
+    (DeepLab-v2 layout). ``aux`` is layer3, ``out`` is layer4."""
+
+    def __init__(self, depth: int, bn: str = "train", weights: Optional[str] = None) -> None:
+        super().__init__()
+        ctor = getattr(torchvision.models, f"resnet{depth}")
+        norm = _norm_layer(bn)
+        if depth >= 50:
+            body = ctor(weights=None, replace_stride_with_dilation=[False, True, True], norm_layer=norm)
+        else:  # BasicBlock refuses dilation in its constructor: dilate after building
+            body = ctor(weights=None, norm_layer=norm)
+            _dilate(body.layer3, 2)
+            _dilate(body.layer4, 4)
+        body.maxpool.ceil_mode = True
+        del body.fc, body.avgpool
+        self.body = body
+        expansion = 4 if depth >= 50 else 1
+        self.out_channels, self.aux_channels, self.output_stride = 512 * expansion, 256 * expansion, 8
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        b = self.body
+        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        x = b.layer2(b.layer1(x))
+        aux = b.layer3(x)
+        return {"aux": aux, "out": b.layer4(aux)}
+
+
+for _depth in (18, 34, 50, 101, 152):
+    def _make(depth: int) -> Callable[..., Backbone]:
+        def factory(bn: str = "train", weights: Optional[str] = None) -> Backbone:
+            return _finish(ResNetBackbone(depth, bn, weights=None), bn, weights)
+
+        factory.__name__ = f"resnet{depth}"
+        factory.__doc__ = f"ResNet-{depth} at output stride 8 (DeepLab layout); bn in {BN_MODES}."
+        return factory
+
+    BACKBONES.register(f"resnet{_depth}", _make(_depth))
+
+
+class VGG16Backbone(Backbone):
+    """DeepLab-v2 VGG-16: pool4 and pool5 removed, conv5 dilated 2; output stride 8.
+    ``aux`` is conv4_3 (512 ch), ``out`` is conv5_3 (512 ch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        feats = torchvision.models.vgg16(weights=None).features
+        layers = list(feats.children())
+        # indices 23 and 30 are pool4 and pool5; conv5 convs are 24, 26, 28
+        for i in (24, 26, 28):
+            layers[i].dilation, layers[i].padding = (2, 2), (2, 2)
+        self.body = nn.ModuleDict({"features": nn.Sequential(*layers[:23]), "conv5": nn.Sequential(*layers[24:30])})
+        self.out_channels, self.aux_channels, self.output_stride = 512, 512, 8
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        aux = self.body["features"](x)
+        return {"aux": aux, "out": self.body["conv5"](aux)}
+
+
+@BACKBONES.register("vgg16")
+def vgg16(bn: str = "train", weights: Optional[str] = None) -> Backbone:
+    """VGG-16 in the DeepLab-v2 layout (output stride 8). ``bn`` is accepted for a uniform signature."""
+    model = VGG16Backbone()
+    if weights:  # torchvision checkpoints name keys features.N; map them onto the split body
+        model_keys = _VGGKeyMap(model)
+        load_weights(model_keys, weights)
+    return model
+
+
+class _VGGKeyMap(nn.Module):
+    """Exposes the split VGG body under torchvision's ``features.N`` names for weight loading."""
+
+    def __init__(self, backbone: VGG16Backbone) -> None:
+        super().__init__()
+        layers = list(backbone.body["features"].children()) + [nn.Identity()] + list(backbone.body["conv5"].children())
+        self.features = nn.Sequential(*layers)
+
+
+class MobileNetV3Backbone(Backbone):
+    """torchvision MobileNetV3-Large with its last stage dilated (output stride 16, as in LR-ASPP);
+    ``aux`` is the last stride-8 stage (40 ch), ``out`` the final 960-channel map."""
+
+    def __init__(self, bn: str = "train") -> None:
+        super().__init__()
+        norm = _norm_layer(bn)
+        feats = torchvision.models.mobilenet_v3_large(weights=None, dilated=True, norm_layer=norm).features
+        stages = [0] + [i for i, b in enumerate(feats) if getattr(b, "_is_cn", False)] + [len(feats) - 1]
+        self.aux_index = stages[-4]
+        self.body = feats
+        self.out_channels = feats[-1].out_channels
+        self.aux_channels = feats[self.aux_index].out_channels
+        self.output_stride = 16
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        aux = self.body[: self.aux_index + 1](x)
+        return {"aux": aux, "out": self.body[self.aux_index + 1:](aux)}
+
+
+@BACKBONES.register("mobilenet_v3_large")
+def mobilenet_v3_large(bn: str = "train", weights: Optional[str] = None) -> Backbone:
+    """MobileNetV3-Large, dilated last stage (output stride 16)."""
+    return _finish(MobileNetV3Backbone(bn), bn, weights)
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, dilation: int, norm: Callable[[int], nn.Module]) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False)
+        self.bn1 = norm(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, padding=dilation, dilation=dilation, bias=False)
+        self.bn2 = norm(cout)
+        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), norm(cout))
+                     if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.skip(x))
+
+
+class LiteResNet(Backbone):
+    """A small residual network for CPU runs: stem to stride 4, one stride-8 stage (``aux``), then two
+    dilated stride-8 stages (``out``). ``width`` sets the channels (width, 2w, 4w, 8w)."""
+
+    def __init__(self, width: int = 32, bn: str = "train") -> None:
+        super().__init__()
+        norm = _norm_layer(bn)
+        w = width
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, w, 3, 2, 1, bias=False), norm(w), nn.ReLU(inplace=True),
+            nn.Conv2d(w, w, 3, 1, 1, bias=False), norm(w), nn.ReLU(inplace=True),
+        )
+        self.stage1 = _ResBlock(w, w, 2, 1, norm)          # stride 4
+        self.stage2 = _ResBlock(w, 2 * w, 2, 1, norm)      # stride 8 (aux)
+        self.stage3 = _ResBlock(2 * w, 4 * w, 1, 2, norm)  # stride 8, dilated
+        self.stage4 = _ResBlock(4 * w, 8 * w, 1, 4, norm)  # stride 8, dilated
+        self.out_channels, self.aux_channels, self.output_stride = 8 * w, 2 * w, 8
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        aux = self.stage2(self.stage1(self.stem(x)))
+        return {"aux": aux, "out": self.stage4(self.stage3(aux))}
+
+
+@BACKBONES.register("lite")
+def lite(width: int = 32, bn: str = "train", weights: Optional[str] = None) -> Backbone:
+    """The CPU-sized backbone (output stride 8), about 1.2M parameters at width 32."""
+    return _finish(LiteResNet(width, bn), bn, weights)

@@ -1,0 +1,53 @@
+"""Classifier heads F (registry ``HEADS``): ``head(in_channels, num_classes, **kw)``."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models.segmentation.deeplabv3 import DeepLabHead
+
+from ..registry import HEADS
+
+
+@HEADS.register("aspp_v2")
+class ASPPv2(nn.Module):
+    """DeepLab-v2 ASPP classifier: parallel 3x3 convs with dilation = padding in ``dilations``, summed.
+
+    ``branches=2`` reproduces AdaptSegNet's early-return quirk (only the first two branches summed);
+    the default 4 is ADVENT's. Weights are initialised N(0, 0.01), biases zero.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, dilations: tuple[int, ...] = (6, 12, 18, 24),
+                 branches: int = 4) -> None:
+        super().__init__()
+        if branches not in range(1, len(dilations) + 1):
+            raise ValueError(f"branches must be in 1..{len(dilations)}, got {branches}")
+        self.convs = nn.ModuleList(
+            nn.Conv2d(in_channels, num_classes, 3, padding=d, dilation=d, bias=True) for d in dilations[:branches]
+        )
+        for conv in self.convs:
+            nn.init.normal_(conv.weight, 0.0, 0.01)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.convs[0](x)
+        for conv in self.convs[1:]:
+            out = out + conv(x)
+        return out
+
+
+@HEADS.register("deeplabv3")
+def deeplabv3_head(in_channels: int, num_classes: int) -> nn.Module:
+    """DeepLab-v3 head (ASPP with image pooling, rates 12/24/36, then 3x3 conv + 1x1 classifier)."""
+    return DeepLabHead(in_channels, num_classes)
+
+
+@HEADS.register("conv1x1")
+class Conv1x1Head(nn.Module):
+    """A single 1x1 convolution: the smallest classifier, one independent decision per position."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)

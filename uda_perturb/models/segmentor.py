@@ -1,0 +1,93 @@
+"""``Segmentor``: a segmentation network split into a feature extractor G and a classifier F."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..losses import upsample
+from ..registry import BACKBONES, HEADS
+from .backbones import Backbone
+
+
+@dataclass
+class SegmentorOutput:
+    """Everything one forward pass produces, at feature resolution (logits are not upsampled)."""
+
+    features: torch.Tensor
+    logits: torch.Tensor
+    aux_features: Optional[torch.Tensor] = None
+    aux_logits: Optional[torch.Tensor] = None
+
+
+class Segmentor(nn.Module):
+    """G/F split model: ``features(x)`` (G), ``classify(f)`` (F), ``forward(x)`` (logits at input size).
+
+    With ``aux_head`` (multi-level, as AdaptSegNet/ADVENT) a second classifier reads the backbone's
+    earlier stage; ``forward_all`` returns both levels.
+    """
+
+    def __init__(self, backbone: Backbone, head: nn.Module, aux_head: Optional[nn.Module] = None,
+                 num_classes: Optional[int] = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.aux_head = aux_head
+        self.num_classes = num_classes
+
+    @property
+    def classifier(self) -> nn.Module:
+        """F: the module applied to ``features(x)``."""
+        return self.head
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """G: the main feature map (the perturbation site)."""
+        return self.backbone(x)["out"]
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """F: logits at feature resolution."""
+        return self.head(features)
+
+    def forward_all(self, x: torch.Tensor) -> SegmentorOutput:
+        """Features and logits of both levels at feature resolution."""
+        feats = self.backbone(x)
+        out = SegmentorOutput(features=feats["out"], logits=self.head(feats["out"]))
+        if self.aux_head is not None:
+            out.aux_features = feats["aux"]
+            out.aux_logits = self.aux_head(feats["aux"])
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Main-head logits bilinearly upsampled to the input size."""
+        return upsample(self.classify(self.features(x)), tuple(x.shape[-2:]))
+
+    def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """``(backbone_params, head_params)`` with ``requires_grad``; heads train at 10x lr in DeepLab-v2."""
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        heads = [p for p in self.head.parameters() if p.requires_grad]
+        if self.aux_head is not None:
+            heads += [p for p in self.aux_head.parameters() if p.requires_grad]
+        return backbone, heads
+
+
+def build_segmentor(head: str = "aspp_v2", backbone: str = "resnet101", num_classes: int = 19, *,
+                    multi_level: bool = False, aux_head: Optional[str] = None,
+                    backbone_kwargs: Optional[dict] = None, head_kwargs: Optional[dict] = None) -> Segmentor:
+    """Assemble a ``Segmentor`` from registry names.
+
+    ``build_segmentor("aspp_v2", backbone="resnet101", num_classes=19, multi_level=True)`` is the
+    DeepLab-v2 model of AdaptSegNet/ADVENT (the alias ``"deeplabv2"`` means ``"aspp_v2"``).
+    """
+    if head == "deeplabv2":
+        head = "aspp_v2"
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    g = BACKBONES.build(backbone, **(backbone_kwargs or {}))
+    f = HEADS.build(head, in_channels=g.out_channels, num_classes=num_classes, **(head_kwargs or {}))
+    aux = None
+    if multi_level:
+        aux = HEADS.build(aux_head or head, in_channels=g.aux_channels, num_classes=num_classes,
+                          **(head_kwargs or {}))
+    return Segmentor(g, f, aux, num_classes=num_classes)

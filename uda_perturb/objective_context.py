@@ -1,0 +1,51 @@
+"""What attack objectives and defense losses may look at: one typed context per call."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .losses import IGNORE_INDEX, upsample
+
+Classifier = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class ObjectiveContext:
+    """Inputs shared by every objective of one ``perturb_and_defend`` call.
+
+    ``clean_logits`` are the detached predictions on the unperturbed features at feature resolution;
+    ``output_size`` (label size) is where pixel losses are computed; ``labels`` is ``None`` for target data.
+    """
+
+    classifier: Classifier
+    domain: str
+    clean_logits: torch.Tensor
+    labels: Optional[torch.Tensor] = None
+    discriminator: Optional[nn.Module] = None
+    discriminator_input: str = "softmax"
+    output_size: Optional[tuple[int, int]] = None
+    ignore_index: int = IGNORE_INDEX
+
+    @property
+    def pixel_size(self) -> tuple[int, int]:
+        """Size at which pixel losses are computed: the labels', else ``output_size``, else the logits'."""
+        if self.labels is not None:
+            return tuple(self.labels.shape[-2:])  # type: ignore[return-value]
+        if self.output_size is not None:
+            return tuple(self.output_size)  # type: ignore[return-value]
+        return tuple(self.clean_logits.shape[-2:])  # type: ignore[return-value]
+
+    def clean_at_pixels(self) -> torch.Tensor:
+        """Clean logits upsampled to ``pixel_size`` (detached)."""
+        return upsample(self.clean_logits, self.pixel_size).detach()
+
+    def pseudo_labels(self, threshold: float = 0.0) -> torch.Tensor:
+        """Argmax of the clean prediction; pixels whose max probability is below ``threshold`` are ignored."""
+        prob = self.clean_at_pixels().float().softmax(dim=1)
+        conf, label = prob.max(dim=1)
+        if threshold > 0:
+            label = torch.where(conf >= threshold, label, torch.full_like(label, self.ignore_index))
+        return label
