@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+import torch
+
+from uda_perturb.metrics import ConfusionMatrix, subset_indices
+
+
+def reference_iou(pred, gt, k):
+    """IoU per class written out with sets of pixels; NaN where a class is in neither map."""
+    out = []
+    valid = gt != 255
+    for c in range(k):
+        p, g = (pred == c) & valid, (gt == c) & valid
+        union = (p | g).sum()
+        out.append(np.nan if union == 0 else (p & g).sum() / union)
+    return np.array(out)
+
+
+def test_iou_matches_independent_computation_over_batches():
+    rng = np.random.default_rng(0)
+    k = 6
+    cm = ConfusionMatrix(k)
+    preds, gts = [], []
+    for _ in range(3):
+        gt = rng.integers(0, 4, (2, 7, 9))  # classes 4 and 5 never in ground truth
+        gt[rng.random(gt.shape) < 0.2] = 255
+        pred = rng.integers(0, 5, (2, 7, 9))  # class 5 never predicted -> absent from both
+        cm.update(torch.from_numpy(pred), torch.from_numpy(gt))
+        preds.append(pred)
+        gts.append(gt)
+    ref = reference_iou(np.concatenate(preds), np.concatenate(gts), k)
+    np.testing.assert_allclose(cm.iou(), ref, equal_nan=True)
+    assert np.isnan(cm.iou()[5]) and cm.iou()[4] == 0.0
+    assert cm.miou() == pytest.approx(np.nanmean(ref))
+    assert cm.miou([0, 1]) == pytest.approx(np.mean(ref[:2]))
+    valid = np.concatenate(gts) != 255
+    assert cm.pixel_accuracy() == pytest.approx((np.concatenate(preds) == np.concatenate(gts))[valid].mean())
+
+
+def test_errors_and_reports():
+    cm = ConfusionMatrix(3, ["a", "b", "c"])
+    with pytest.raises(ValueError, match="differ in shape"):
+        cm.update(torch.zeros(2, 2), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="outside"):
+        cm.update(torch.full((2, 2), 7), torch.zeros(2, 2))
+    cm.update(torch.tensor([[0, 1], [1, 1]]), torch.tensor([[0, 1], [255, 2]]))
+    d = cm.as_dict({"ab": [0, 1]})
+    assert d["iou"] == {"a": 100.0, "b": 50.0, "c": 0.0} and d["miou_ab"] == 75.0
+    assert "| a | b | c | mIoU |" in cm.to_markdown()
+    assert subset_indices(["a", "b", "c"], ["c", "a"]) == [2, 0]
+    with pytest.raises(KeyError):
+        subset_indices(["a"], ["z"])

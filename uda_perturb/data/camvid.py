@@ -1,0 +1,44 @@
+"""CamVid in the SegNet layout (``train/ trainannot/ ... train.txt``), filtered by split and sequence."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from ..registry import DATASETS
+from .base import DatasetInfo, PairedSegmentationDataset, Transform
+from .label_maps import CAMVID_11, CAMVID_CLASSES, CAMVID_PALETTE
+
+DAY_SEQUENCES = ("0006R0", "0016E5", "Seq05VD")
+DUSK_SEQUENCES = ("0001TP",)
+
+
+@DATASETS.register("camvid")
+def camvid(root: str, split: Union[str, Sequence[str]] = "train", transform: Optional[Transform] = None,
+           sequences: Optional[Sequence[str]] = None, labelled: bool = True) -> PairedSegmentationDataset:
+    """CamVid, 11 classes (index 11 "Unlabelled" -> 255).
+
+    ``split`` is one list-file name or several (``["train", "val"]``); ``sequences`` keeps only frames whose
+    file name starts with one of the given sequence prefixes (``["0001TP"]`` = the dusk frames).
+    """
+    root_p = Path(root)
+    splits = [split] if isinstance(split, str) else list(split)
+    images, labels = [], []
+    for s in splits:
+        list_path = root_p / f"{s}.txt"
+        if not list_path.is_file():
+            raise FileNotFoundError(f"camvid: split list not found: {list_path}")
+        for n, line in enumerate(list_path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) != 2:
+                raise ValueError(f"camvid: {list_path}:{n}: expected 'image label', got {line!r}")
+            img, lab = parts
+            if sequences and not any(Path(img).name.startswith(q) for q in sequences):
+                continue
+            images.append(root_p / img)
+            labels.append(root_p / lab if labelled else None)
+    if not images:
+        raise FileNotFoundError(f"camvid: no frames in split(s) {splits} match sequences {list(sequences or [])}")
+    info = DatasetInfo("camvid", CAMVID_CLASSES, CAMVID_PALETTE)
+    return PairedSegmentationDataset(info, images, labels, CAMVID_11, transform)

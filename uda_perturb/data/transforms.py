@@ -1,0 +1,141 @@
+"""Joint image/label transforms on tensors. Images are ``3 x H x W`` floats in [0, 1] (before ``Normalize``);
+labels are ``H x W`` int64 and are only ever resized with nearest neighbour. Randomness comes from torch's
+generator, so a seeded run (and an exact resume) replays the same augmentations."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .label_maps import IGNORE
+
+Label = Optional[torch.Tensor]
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CAFFE_BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)  # DeepLab-v2 checkpoints: BGR, 0-255, no scaling
+
+
+def _resize_pair(image: torch.Tensor, label: Label, size: tuple[int, int], mode: str) -> tuple[torch.Tensor, Label]:
+    align = False if mode in ("bilinear", "bicubic") else None
+    image = F.interpolate(image[None], size=size, mode=mode, align_corners=align)[0]
+    if mode == "bicubic":
+        image = image.clamp_(0, 1)
+    if label is not None:
+        label = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
+    return image, label
+
+
+class Compose:
+    """Apply transforms in order."""
+
+    def __init__(self, transforms: Sequence) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, image: torch.Tensor, label: Label = None) -> tuple[torch.Tensor, Label]:
+        for t in self.transforms:
+            image, label = t(image, label)
+        return image, label
+
+
+class Resize:
+    """Resize to ``(H, W)``; image bilinear (or bicubic), label nearest."""
+
+    def __init__(self, size: Sequence[int], mode: str = "bilinear") -> None:
+        self.size, self.mode = (int(size[0]), int(size[1])), mode
+
+    def __call__(self, image: torch.Tensor, label: Label = None) -> tuple[torch.Tensor, Label]:
+        return _resize_pair(image, label, self.size, self.mode)
+
+
+class RandomScaleCrop:
+    """Random rescale by a factor in ``scale`` then a random ``crop`` (padding labels with 255)."""
+
+    def __init__(self, crop: Sequence[int], scale: Sequence[float] = (0.75, 1.25)) -> None:
+        self.crop, self.scale = (int(crop[0]), int(crop[1])), (float(scale[0]), float(scale[1]))
+
+    def __call__(self, image: torch.Tensor, label: Label = None) -> tuple[torch.Tensor, Label]:
+        s = self.scale[0] + float(torch.rand(())) * (self.scale[1] - self.scale[0])
+        h, w = image.shape[-2:]
+        image, label = _resize_pair(image, label, (max(1, round(h * s)), max(1, round(w * s))), "bilinear")
+        ch, cw = self.crop
+        ph, pw = max(ch - image.shape[-2], 0), max(cw - image.shape[-1], 0)
+        if ph or pw:
+            image = F.pad(image, (0, pw, 0, ph))
+            if label is not None:
+                label = F.pad(label, (0, pw, 0, ph), value=IGNORE)
+        y = int(torch.randint(0, image.shape[-2] - ch + 1, ()))
+        x = int(torch.randint(0, image.shape[-1] - cw + 1, ()))
+        image = image[:, y:y + ch, x:x + cw]
+        label = label[y:y + ch, x:x + cw] if label is not None else None
+        return image, label
+
+
+class RandomHorizontalFlip:
+    """Flip image and label together with probability ``p``."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = p
+
+    def __call__(self, image: torch.Tensor, label: Label = None) -> tuple[torch.Tensor, Label]:
+        if float(torch.rand(())) < self.p:
+            image = image.flip(-1)
+            label = label.flip(-1) if label is not None else None
+        return image, label
+
+
+class PhotometricJitter:
+    """Brightness, contrast and gamma jitter (the honest baseline against illumination shifts).
+
+    Each factor is drawn uniformly from ``[1 - x, 1 + x]``; gamma from ``[1 / (1 + g), 1 + g]``.
+    """
+
+    def __init__(self, brightness: float = 0.5, contrast: float = 0.4, gamma: float = 0.6) -> None:
+        self.brightness, self.contrast, self.gamma = brightness, contrast, gamma
+
+    @staticmethod
+    def _uniform(lo: float, hi: float) -> float:
+        return lo + float(torch.rand(())) * (hi - lo)
+
+    def __call__(self, image: torch.Tensor, label: Label = None) -> tuple[torch.Tensor, Label]:
+        g = self._uniform(1 / (1 + self.gamma), 1 + self.gamma)
+        image = image.clamp(0, 1).pow(g)
+        image = image * self._uniform(1 - self.brightness, 1 + self.brightness)
+        mean = image.mean()
+        image = (image - mean) * self._uniform(1 - self.contrast, 1 + self.contrast) + mean
+        return image.clamp(0, 1), label
+
+
+class Normalize:
+    """``mode="imagenet"``: (x - mean) / std; ``mode="caffe"``: RGB->BGR, 0-255, minus DeepLab's BGR mean."""
+
+    def __init__(self, mode: str = "imagenet") -> None:
+        if mode not in ("imagenet", "caffe", "none"):
+            raise ValueError(f"normalisation must be 'imagenet', 'caffe' or 'none', got {mode!r}")
+        self.mode = mode
+
+    def __call__(self, image: torch.Tensor, label: Label = None) -> tuple[torch.Tensor, Label]:
+        if self.mode == "imagenet":
+            mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+            std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+            return (image - mean) / std, label
+        if self.mode == "caffe":
+            return image.flip(0) * 255.0 - torch.tensor(CAFFE_BGR_MEAN).view(3, 1, 1), label
+        return image, label
+
+
+def build_transforms(size: Optional[Sequence[int]] = None, crop: Optional[Sequence[int]] = None,
+                     scale: Optional[Sequence[float]] = None, flip: bool = False, photometric: bool = False,
+                     normalize: str = "imagenet") -> Compose:
+    """Standard pipeline: resize -> (scale+crop) -> flip -> photometric jitter -> normalise."""
+    ts: list = []
+    if size is not None:
+        ts.append(Resize(size))
+    if crop is not None:
+        ts.append(RandomScaleCrop(crop, scale or (1.0, 1.0)))
+    if flip:
+        ts.append(RandomHorizontalFlip())
+    if photometric:
+        ts.append(PhotometricJitter())
+    ts.append(Normalize(normalize))
+    return Compose(ts)
