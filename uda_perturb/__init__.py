@@ -13,18 +13,19 @@ from typing import Any, Callable, Iterable, Optional
 
 from . import attacks as _attacks  # noqa: F401  (registers built-in attacks)
 from . import defenses as _defenses  # noqa: F401
-from . import models
+from . import data, methods, models  # noqa: F401  (registers datasets, methods and add-ons)
 from .attacks import AttackObjective
 from .defenses import DefenseLoss
 from .models import Segmentor, SegmentorOutput, build_segmentor, split_torchvision
 from .objective_context import ObjectiveContext
 from .perturb import PerturbResult, Perturber, PerturbStats, perturb_and_defend
-from .registry import ATTACKS, BACKBONES, DATASETS, DEFENSES, DISCRIMINATORS, HEADS, METHODS, Registry
+from .methods import StepResult, UDAMethod, build_method
+from .registry import ADDONS, ATTACKS, BACKBONES, DATASETS, DEFENSES, DISCRIMINATORS, HEADS, METHODS, Registry
 
 __version__ = "0.1.0"
 
 _REGISTRIES = {"backbones": BACKBONES, "heads": HEADS, "discriminators": DISCRIMINATORS, "attacks": ATTACKS,
-               "defenses": DEFENSES, "methods": METHODS, "datasets": DATASETS}
+               "defenses": DEFENSES, "methods": METHODS, "datasets": DATASETS, "addons": ADDONS}
 
 
 def _lister(reg: Registry) -> Callable[..., list[str]]:
@@ -46,10 +47,12 @@ def _registrar(reg: Registry) -> Callable[..., Any]:
 list_backbones, list_heads, list_discriminators = _lister(BACKBONES), _lister(HEADS), _lister(DISCRIMINATORS)
 list_attacks, list_defenses, list_methods, list_datasets = (_lister(ATTACKS), _lister(DEFENSES),
                                                            _lister(METHODS), _lister(DATASETS))
+list_addons = _lister(ADDONS)
 register_backbone, register_head, register_discriminator = (_registrar(BACKBONES), _registrar(HEADS),
                                                             _registrar(DISCRIMINATORS))
 register_attack, register_defense, register_method, register_dataset = (_registrar(ATTACKS), _registrar(DEFENSES),
                                                                         _registrar(METHODS), _registrar(DATASETS))
+register_addon = _registrar(ADDONS)
 
 
 def build_backbone(name: str, **kwargs: Any) -> Any:
@@ -83,7 +86,7 @@ def registries() -> dict[str, Registry]:
 
 
 __all__ = [
-    "ATTACKS", "AttackObjective", "BACKBONES", "DATASETS", "DEFENSES", "DISCRIMINATORS", "DefenseLoss", "HEADS",
+    "ADDONS", "StepResult", "UDAMethod", "build_method", "list_addons", "register_addon", "ATTACKS", "AttackObjective", "BACKBONES", "DATASETS", "DEFENSES", "DISCRIMINATORS", "DefenseLoss", "HEADS",
     "METHODS", "ObjectiveContext", "PerturbResult", "PerturbStats", "Perturber", "Registry", "Segmentor",
     "SegmentorOutput", "build_attack", "build_backbone", "build_defense", "build_discriminator", "build_head",
     "build_segmentor", "list_attacks", "list_backbones", "list_datasets", "list_defenses", "list_discriminators",

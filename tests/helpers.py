@@ -1,0 +1,48 @@
+"""Tiny experiment configs shared by the engine tests."""
+from uda_perturb.config import load_config
+
+TINY = [
+    "model.backbone_options={width: 8}", "model.head=conv1x1", "model.head_options={}",
+    "data.batch_size=2",
+    "data.source.options={domain: source, size: [32, 48], length: 16}",
+    "data.target.options={domain: target, size: [32, 48], length: 16}",
+    "data.eval={}", "train.log_every=1", "train.checkpoint_every=0",
+]
+
+
+def tiny_config(method="source_only", *extra):
+    return load_config("synthetic_demo", TINY + [f"method.name={method}", *extra])
+
+
+def ddp_worker(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> None:
+    """One rank of a 2-process gloo job: train 2 iterations, save its final weights and eval results."""
+    import json
+    import os
+
+    import torch
+
+    from uda_perturb.engine import Trainer
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(world),
+                       "RANK": str(rank), "LOCAL_RANK": str(rank)})
+    torch.set_num_threads(1)
+    evals = "data.eval={t: {name: synthetic, split: test, options: {domain: target, size: [32, 48], length: 5}}}"
+    cfg = tiny_config("apoda", "train.iters=2", "method.options={ndf: 4}", "device=cpu", evals)
+    trainer = Trainer(cfg, run_dir, progress=False)
+    results = trainer.fit()
+    torch.save(trainer.method.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
+        json.dump({k: {kk: vv for kk, vv in v.items() if kk != "table"} for k, v in results.items()}, fh)
+    trainer.close()
+
+
+def ddp_init_state():
+    """The weights the DDP job starts from (built with the same seed in this process)."""
+    import torch
+
+    from uda_perturb.engine import build_model
+    from uda_perturb.methods import build_method
+
+    cfg = tiny_config("apoda", "train.iters=2", "method.options={ndf: 4}")
+    torch.manual_seed(cfg.seed)
+    return build_method("apoda", build_model(cfg), [], {"ndf": 4}).state_dict()

@@ -1,0 +1,190 @@
+"""``uda-perturb`` command line: train, eval, predict, list, demo, bench."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML recipe: a path or a packaged name (see `uda-perturb list recipes`)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override, e.g. --set train.iters=2000 (repeatable)")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .engine import Trainer, TrainingInterrupted
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = Path(args.run_dir or Path("runs") / cfg.name)
+    trainer = Trainer(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    try:
+        results = trainer.fit()
+    except TrainingInterrupted as exc:
+        print(exc, file=sys.stderr)
+        return 130
+    finally:
+        trainer.close()
+    if trainer.info.is_main:
+        for res in results.values():
+            print(res["table"], "\n")
+        print(f"run folder: {run_dir}")
+    return 0
+
+
+def _load_segmentor(cfg, checkpoint: str):
+    from .engine import build_model
+    from .engine.checkpoint import load_checkpoint
+
+    seg = build_model(cfg)
+    path = Path(checkpoint)
+    if path.name == "segmentor.pt":
+        seg.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    else:
+        state = load_checkpoint(path)["method"]
+        seg.load_state_dict({k.removeprefix("segmentor."): v for k, v in state.items() if k.startswith("segmentor.")})
+    return seg.eval()
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .engine.distributed import DistInfo
+    from .engine.evaluate import evaluate
+    from .engine.loaders import build_dataset, eval_loader
+
+    cfg = load_config(args.config, args.overrides)
+    seg = _load_segmentor(cfg, args.checkpoint)
+    for name, dcfg in cfg.data.eval.items():
+        ds = build_dataset(dcfg, train=False)
+        cm = evaluate(seg, eval_loader(ds, cfg.eval.batch_size, DistInfo()), ds.info.num_classes, ds.info.classes,
+                      cfg.eval.size, cfg.eval.flip, tuple(cfg.eval.scales))
+        print(cm.to_markdown(name), "\n")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from .config import load_config
+    from .data.io import read_rgb
+    from .data.transforms import Normalize
+    from .engine.evaluate import predict_logits
+    from .registry import DATASETS
+    from .visualize import colorize, overlay
+
+    cfg = load_config(args.config, args.overrides)
+    seg = _load_segmentor(cfg, args.checkpoint)
+    palette = _palette_for(cfg, DATASETS)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    norm = Normalize(cfg.data.source.transforms.normalize)
+    for path in args.images:
+        image = read_rgb(path)
+        x, _ = norm(image, None)
+        pred = predict_logits(seg, x[None], image.shape[-2:], cfg.eval.size).argmax(1)[0]
+        colour = colorize(pred, palette)
+        stem = Path(path).stem
+        Image.fromarray(colour).save(out / f"{stem}_pred.png")
+        rgb = (image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        Image.fromarray(overlay(rgb, colour)).save(out / f"{stem}_overlay.png")
+        print(f"{path} -> {out / (stem + '_pred.png')}")
+    return 0
+
+
+def _palette_for(cfg, datasets):
+    from .engine.loaders import build_dataset
+
+    for dcfg in list(cfg.data.eval.values()) + [cfg.data.source]:
+        try:
+            return build_dataset(dcfg, train=False).info.palette
+        except (FileNotFoundError, KeyError):
+            continue
+    rng = np.random.default_rng(0)
+    return [tuple(int(v) for v in rng.integers(0, 255, 3)) for _ in range(cfg.model.num_classes)]
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import uda_perturb as up
+
+    from .config import list_recipes
+
+    regs = up.registries()
+    kinds = [args.kind] if args.kind else [*regs, "recipes"]
+    for kind in kinds:
+        if kind == "recipes":
+            names = list_recipes()
+        elif kind in regs:
+            names = regs[kind].list(args.include)
+        else:
+            import difflib
+
+            close = difflib.get_close_matches(kind, [*regs, "recipes"], n=1)
+            raise SystemExit(f"unknown kind {kind!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+        print(f"{kind}: {', '.join(names)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, iters=args.iters if not args.quick else 20, seed=args.seed, progress=not args.no_progress)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="uda-perturb", description="UDA for semantic segmentation by pointwise "
+                                 "adversarial feature perturbation (APODA) and its baselines.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train a method from a YAML recipe")
+    _add_config_args(p)
+    p.add_argument("--run-dir", help="run folder (default runs/<name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --run-dir")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("eval", help="evaluate a checkpoint on the recipe's eval splits (per-class IoU)")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", required=True, help="checkpoint.pt or segmentor.pt of a run")
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("predict", help="colour-coded predictions and overlays for images")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", default="predictions")
+    p.add_argument("images", nargs="+")
+    p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("list", help="list registries and packaged recipes")
+    p.add_argument("kind", nargs="?", help="backbones, heads, discriminators, attacks, defenses, methods, "
+                                           "datasets, addons or recipes")
+    p.add_argument("--include", default="*", help="fnmatch filter")
+    p.set_defaults(func=cmd_list)
+    p = sub.add_parser("demo", help="train source-only and APODA on the embedded synthetic data and compare")
+    p.add_argument("--iters", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="20 iterations: a smoke test")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("bench", help="method comparison benchmark (see benchmarks/compare.py)")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

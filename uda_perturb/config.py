@@ -1,0 +1,262 @@
+"""Experiment configuration: typed dataclasses, YAML recipes with ``base:`` composition, strict validation
+(unknown keys and wrong types are errors naming the key and the closest valid one), dotted overrides."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+PACKAGED = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass
+class TransformConfig:
+    """Input pipeline: resize to ``size`` (H, W), random ``scale`` + ``crop``, flip, photometric jitter."""
+
+    size: Optional[list[int]] = None
+    crop: Optional[list[int]] = None
+    scale: Optional[list[float]] = None
+    flip: bool = False
+    photometric: bool = False
+    normalize: str = "imagenet"
+
+
+@dataclass
+class DatasetConfig:
+    """A registered dataset: ``name``, ``root``, ``split`` (one or several) and reader ``options``
+    (e.g. ``sequences`` for CamVid, ``num_classes`` for SYNTHIA, ``domain`` for synthetic)."""
+
+    name: str = "synthetic"
+    root: Optional[str] = None
+    split: Union[str, list[str]] = "train"
+    options: dict[str, Any] = field(default_factory=dict)
+    transforms: TransformConfig = field(default_factory=TransformConfig)
+
+
+@dataclass
+class DataConfig:
+    """Labelled source, unlabelled target, and named evaluation splits (the target test split is set here,
+    never hard-coded)."""
+
+    source: DatasetConfig = field(default_factory=DatasetConfig)
+    target: DatasetConfig = field(default_factory=lambda: DatasetConfig(options={"domain": "target"}))
+    eval: dict[str, DatasetConfig] = field(default_factory=dict)
+    batch_size: int = 1
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Segmentor: backbone and head names, classes, multi-level aux head, optional init weights (local path)."""
+
+    backbone: str = "lite"
+    head: str = "aspp_v2"
+    num_classes: int = 9
+    multi_level: bool = False
+    backbone_options: dict[str, Any] = field(default_factory=dict)
+    head_options: dict[str, Any] = field(default_factory=dict)
+    weights: Optional[str] = None
+
+
+@dataclass
+class MethodConfig:
+    """Method name, add-ons stacked on it (names or ``{name: ..., settings}``) and the method's options."""
+
+    name: str = "source_only"
+    addons: list[Any] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation (AdaptSegNet/ADVENT defaults): SGD + poly for G (heads ``head_lr_mult`` x), Adam for D."""
+
+    iters: int = 1000
+    stop_at: Optional[int] = None
+    lr: float = 2.5e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    head_lr_mult: float = 10.0
+    d_lr: float = 1e-4
+    d_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    accumulate: int = 1
+    precision: str = "fp32"
+    eval_every: int = 0
+    checkpoint_every: int = 1000
+    log_every: int = 10
+    sync_bn: bool = False
+
+
+@dataclass
+class EvalConfig:
+    """Inference settings and the class groups reported next to mIoU (e.g. tail classes)."""
+
+    size: Optional[list[int]] = None
+    flip: bool = False
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    batch_size: int = 1
+    class_groups: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment. ``device: auto`` picks CUDA when available."""
+
+    name: str = "run"
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+class ConfigError(ValueError):
+    """A configuration that does not validate; the message names the key."""
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _check(value: Any, tp: Any, key: str) -> Any:
+    """Validate (and lightly coerce: int -> float) ``value`` against the annotation ``tp``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, key)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _check(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"config key {key!r} expects {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r} expects a list, got {type(value).__name__} {value!r}")
+        return [_check(v, args[0] if args else Any, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} expects a mapping, got {type(value).__name__} {value!r}")
+        return {k: _check(v, args[1] if args else Any, f"{key}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"config key {key!r} expects {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {prefix or '<root>'!r} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f" (did you mean {prefix + '.' if prefix else ''}{close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown config key {full!r}{hint}; valid keys here: {', '.join(names)}")
+        kwargs[key] = _check(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve_path(name: str | Path, relative_to: Optional[Path] = None) -> Path:
+    """A config file: an existing path, a path relative to ``relative_to``, or a packaged recipe name."""
+    candidates = [Path(name)]
+    if relative_to is not None:
+        candidates.append(relative_to / name)
+    stem = Path(name).name
+    candidates += [PACKAGED / stem, PACKAGED / f"{stem}.yaml"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    avail = sorted(p.stem for p in PACKAGED.glob("*.yaml"))
+    close = difflib.get_close_matches(stem.removesuffix(".yaml"), avail, n=3, cutoff=0.4)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise FileNotFoundError(f"config {name!r} not found.{hint} Packaged recipes: {', '.join(avail)}")
+
+
+def load_raw(name: str | Path, _seen: Optional[set] = None) -> dict:
+    """Read a YAML recipe with a safe loader, following ``base:`` (a name or list of names) first."""
+    path = resolve_path(name)
+    seen = _seen or set()
+    if path.resolve() in seen:
+        raise ConfigError(f"config {path} includes itself through 'base:'")
+    seen.add(path.resolve())
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must hold a mapping at top level")
+    bases = data.pop("base", [])
+    merged: dict = {}
+    for b in [bases] if isinstance(bases, str) else bases:
+        merged = _merge(merged, load_raw(resolve_path(b, path.parent), seen))
+    return _merge(merged, data)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """``["train.iters=2000", "method.addons=[perturbation]"]``: values are parsed as YAML."""
+    data = dict(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw)
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node[p] = dict(node.get(p) or {})
+            node = node[p]
+        node[parts[-1]] = value
+    return data
+
+
+def build_config(data: dict) -> ExperimentConfig:
+    """Validate a raw mapping into an :class:`ExperimentConfig`."""
+    cfg = _from_dict(ExperimentConfig, data)
+    if cfg.train.precision not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"config key 'train.precision' must be fp32, bf16 or fp16, got {cfg.train.precision!r}")
+    if cfg.train.iters < 1 or cfg.train.accumulate < 1 or cfg.data.batch_size < 1:
+        raise ConfigError("train.iters, train.accumulate and data.batch_size must be positive")
+    return cfg
+
+
+def load_config(name: str | Path, overrides: Optional[list[str]] = None) -> ExperimentConfig:
+    """Load a recipe (path or packaged name), apply dotted overrides, validate."""
+    return build_config(apply_overrides(load_raw(name), overrides or []))
+
+
+def to_dict(cfg: ExperimentConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def list_recipes() -> list[str]:
+    """Names of the packaged YAML recipes."""
+    return sorted(p.stem for p in PACKAGED.glob("*.yaml"))

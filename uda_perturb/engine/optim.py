@@ -1,0 +1,38 @@
+"""Optimisers and the poly learning-rate schedule of AdaptSegNet/ADVENT."""
+from __future__ import annotations
+
+import torch
+
+from ..config import TrainConfig
+from ..methods.base import UDAMethod
+
+
+def poly_factor(iteration: int, max_iters: int, power: float) -> float:
+    """``(1 - iteration / max_iters) ** power``, clipped at 0."""
+    return max(0.0, 1.0 - iteration / max_iters) ** power
+
+
+def build_optimizers(method: UDAMethod, cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
+    """SGD for the segmentor (backbone at ``lr``, heads at ``head_lr_mult * lr``) and Adam for the
+    discriminators; each param group remembers its base lr in ``initial_lr``."""
+    backbone, heads = method.segmentor.parameter_groups()
+    groups = [{"params": backbone, "lr": cfg.lr}, {"params": heads, "lr": cfg.lr * cfg.head_lr_mult}]
+    opts: dict[str, torch.optim.Optimizer] = {
+        "segmentor": torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum,
+                                     weight_decay=cfg.weight_decay)}
+    d_params = [p for p in method.discriminator_parameters() if p.requires_grad]
+    if d_params:
+        opts["discriminators"] = torch.optim.Adam(d_params, lr=cfg.d_lr, betas=tuple(cfg.d_betas))  # type: ignore
+    for opt in opts.values():
+        for g in opt.param_groups:
+            g["initial_lr"] = g["lr"]
+    return opts
+
+
+def set_poly_lr(opts: dict[str, torch.optim.Optimizer], iteration: int, cfg: TrainConfig) -> float:
+    """Apply the poly schedule to every group; returns the segmentor backbone's current lr."""
+    f = poly_factor(iteration, cfg.iters, cfg.poly_power)
+    for opt in opts.values():
+        for g in opt.param_groups:
+            g["lr"] = g["initial_lr"] * f
+    return opts["segmentor"].param_groups[0]["lr"]

@@ -1,0 +1,249 @@
+"""The training loop: iteration-based, exactly resumable, distributed, mixed precision."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import ExperimentConfig, dump_yaml, to_dict
+from ..methods import UDAMethod, build_method
+from ..metrics import ConfusionMatrix, subset_indices
+from ..models.segmentor import Segmentor, build_segmentor
+from ..models.weights import load_weights
+from .checkpoint import FORMAT, load_checkpoint, rng_state, save_atomic, set_rng_state
+from .distributed import DistInfo, average_gradients, broadcast_parameters, cleanup, init_distributed
+from .evaluate import evaluate
+from .loaders import build_dataset, eval_loader, stream
+from .optim import build_optimizers, set_poly_lr
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised after SIGINT/SIGTERM once the checkpoint of the last finished iteration is written."""
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def resolve_device(name: str, info: DistInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", info.local_rank)
+    return torch.device(name)
+
+
+def build_model(cfg: ExperimentConfig) -> Segmentor:
+    """The configured segmentor, with init weights loaded when ``model.weights`` is set."""
+    m = cfg.model
+    seg = build_segmentor(m.head, backbone=m.backbone, num_classes=m.num_classes, multi_level=m.multi_level,
+                          backbone_kwargs=m.backbone_options, head_kwargs=m.head_options)
+    if m.weights:
+        load_weights(seg, m.weights)
+    return seg
+
+
+class Trainer:
+    """Train ``cfg.method`` into ``run_dir``. A run folder holding a run is never overwritten silently:
+    pass ``resume=True`` to continue it or ``overwrite=True`` to start again."""
+
+    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
+                 progress: bool = True) -> None:
+        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        self.info = init_distributed("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(cfg.device, self.info)
+        self._prepare_run_dir(resume, overwrite)
+        seed_everything(cfg.seed, cfg.deterministic)
+        seg = build_model(cfg)
+        self.method: UDAMethod = build_method(cfg.method.name, seg, cfg.method.addons, cfg.method.options)
+        if cfg.train.sync_bn and self.info.enabled:
+            self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+        self.method.to(self.device).train()
+        broadcast_parameters([self.method], self.info)
+        self.optimizers = build_optimizers(self.method, cfg.train)
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.precision]
+        use_scaler = cfg.train.precision == "fp16" and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.method.backward = self._backward
+        self.source = build_dataset(cfg.data.source, train=True)
+        self.target = build_dataset(cfg.data.target, train=True)
+        self.iteration = 0
+        self._stop_signal: Optional[int] = None
+        if resume and (self.run_dir / CHECKPOINT).is_file():
+            self._restore(load_checkpoint(self.run_dir / CHECKPOINT, to_dict(cfg)))
+        if self.info.is_main:
+            (self.run_dir / "config.yaml").write_text(dump_yaml(cfg))
+
+    # ------------------------------------------------------------------ run folder and checkpoints
+    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> None:
+        has_run = (self.run_dir / CHECKPOINT).exists() or (self.run_dir / "metrics.jsonl").exists()
+        if has_run and not resume and not overwrite:
+            raise FileExistsError(f"run folder {self.run_dir} already holds a run; pass --resume to continue it "
+                                  "or --overwrite to replace it")
+        if self.info.is_main:
+            if has_run and overwrite and not resume:
+                shutil.rmtree(self.run_dir)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "config": to_dict(self.cfg), "iteration": self.iteration,
+                "method": self.method.state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "scaler": self.scaler.state_dict(), "rng": rng_state()}
+
+    def save_checkpoint(self) -> Optional[Path]:
+        """Write ``checkpoint.pt`` atomically (rank 0 only) and return its path."""
+        if not self.info.is_main:
+            return None
+        return save_atomic(self.state_dict(), self.run_dir / CHECKPOINT)
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        self.method.load_state_dict(ckpt["method"])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(ckpt["optimizers"][k])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        self.iteration = int(ckpt["iteration"])
+
+    # ------------------------------------------------------------------ one step
+    def _backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss / self.cfg.train.accumulate).backward()
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def train_step(self, source_iter, target_iter) -> dict[str, float]:
+        lr = set_poly_lr(self.optimizers, self.iteration, self.cfg.train)
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        logs: dict[str, float] = {}
+        for _ in range(self.cfg.train.accumulate):
+            s = self._to_device(next(source_iter))
+            t = self._to_device(next(target_iter)) if self.method.uses_target or self.method.addons else None
+            with self._autocast():
+                result = self.method.training_step(s, t)
+            for k, v in result.flat().items():
+                logs[k] = logs.get(k, 0.0) + v / self.cfg.train.accumulate
+        average_gradients([self.method], self.info)
+        for opt in self.optimizers.values():
+            self.scaler.step(opt)
+        self.scaler.update()
+        broadcast_parameters([self.method], self.info, buffers_only=True)
+        logs["lr"] = lr
+        return logs
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self) -> dict[str, dict]:
+        """Evaluate the segmentor on every configured split; returns ``{split: metrics dict}``."""
+        results = {}
+        groups = self.cfg.eval.class_groups
+        for name, dcfg in self.cfg.data.eval.items():
+            ds = build_dataset(dcfg, train=False)
+            info = getattr(ds, "info")
+            loader = eval_loader(ds, self.cfg.eval.batch_size, self.info, self.cfg.data.num_workers)
+            cm = evaluate(self.method.segmentor, loader, info.num_classes, info.classes, self.cfg.eval.size,
+                          self.cfg.eval.flip, tuple(self.cfg.eval.scales), self.device, self.autocast_dtype)
+            subsets = {g: subset_indices(info.classes, cls) for g, cls in groups.items()}
+            results[name] = cm.as_dict(subsets)
+            results[name]["table"] = cm.to_markdown(f"{name} @ iteration {self.iteration}")
+        return results
+
+    def _log(self, record: dict[str, Any], writer: Any = None) -> None:
+        if not self.info.is_main:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if writer is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "iteration" and math.isfinite(v):
+                    writer.add_scalar(k, v, record["iteration"])
+
+    # ------------------------------------------------------------------ the loop
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._stop_signal = signum
+
+    def fit(self) -> dict[str, dict]:
+        """Train to ``train.stop_at`` (default ``train.iters``), evaluate, save; returns final metrics."""
+        cfg = self.cfg
+        stop = min(cfg.train.stop_at or cfg.train.iters, cfg.train.iters)
+        acc = cfg.train.accumulate
+        src = stream(self.source, cfg.data.batch_size, cfg.seed, self.iteration * acc, self.info, cfg.data.num_workers)
+        tgt = stream(self.target, cfg.data.batch_size, cfg.seed + 1, self.iteration * acc, self.info,
+                     cfg.data.num_workers)
+        writer = _tensorboard(self.run_dir) if self.info.is_main else None
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        bar = tqdm(total=stop, initial=self.iteration, disable=not (self.progress and self.info.is_main),
+                   desc=f"{cfg.method.name}", dynamic_ncols=True)
+        start = time.time()
+        try:
+            while self.iteration < stop:
+                logs = self.train_step(src, tgt)
+                self.iteration += 1
+                bar.update(1)
+                if self.iteration % max(cfg.train.log_every, 1) == 0 or self.iteration == stop:
+                    bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logs.items()
+                                     if k.startswith("g/") or k == "lr"}, refresh=False)
+                    self._log({"iteration": self.iteration, "time": time.time() - start, **logs}, writer)
+                if self._stop_signal is not None:
+                    self.save_checkpoint()
+                    raise TrainingInterrupted(f"stopped by signal {self._stop_signal} after iteration "
+                                              f"{self.iteration}; checkpoint saved in {self.run_dir}")
+                if cfg.train.checkpoint_every and self.iteration % cfg.train.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if cfg.train.eval_every and self.iteration % cfg.train.eval_every == 0 and self.iteration < stop:
+                    self._log({"iteration": self.iteration, "eval": _strip(self.evaluate())}, writer)
+        finally:
+            bar.close()
+            for s, h in old.items():
+                signal.signal(s, h)
+            if writer is not None:
+                writer.close()
+        self.save_checkpoint()
+        results = self.evaluate() if cfg.data.eval else {}
+        if self.info.is_main:
+            if results:
+                self._log({"iteration": self.iteration, "eval": _strip(results)})
+            (self.run_dir / "results.json").write_text(json.dumps(
+                {"iteration": self.iteration, "final_checkpoint": True, "results": _strip(results),
+                 "train_seconds": time.time() - start}, indent=2))
+            torch.save(self.method.segmentor.state_dict(), self.run_dir / "segmentor.pt")
+        return results
+
+    def close(self) -> None:
+        cleanup(self.info)
+
+
+def _strip(results: dict[str, dict]) -> dict[str, dict]:
+    return {k: {kk: vv for kk, vv in v.items() if kk != "table"} for k, v in results.items()}
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard not installed: JSON lines only
+        return None
+    return SummaryWriter(str(run_dir / "tb"))

@@ -1,0 +1,25 @@
+"""APODA (Yang et al., AAAI 2020): AdaptSegNet's alignment plus the pointwise perturbation defense."""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from torch import nn
+
+from ..models.segmentor import Segmentor
+from ..registry import METHODS
+from .adaptsegnet import AdaptSegNet
+from .perturbation_addon import PerturbationAddon
+
+
+@METHODS.register("apoda")
+class APODA(AdaptSegNet):
+    """The default recipe of APODA.md: L_seg + 0.001 L_adv (output-space D) + lambda_s CE(F(f_s*), y_s)
+    + lambda_t KL(p(f_t), p(f_t*)), where f* are pointwise perturbations of the main features attacking the
+    classifier and the discriminator. ``perturbation`` holds the :class:`PerturbationAddon` settings."""
+
+    def __init__(self, segmentor: Segmentor, addons: Sequence[nn.Module] = (), discriminator: str = "fc",
+                 adv_weights: Sequence[float] = (0.001, 0.0002), ndf: int = 64, seg_aux_weight: float = 0.1,
+                 discriminator_input: Optional[str] = None, perturbation: Optional[dict[str, Any]] = None) -> None:
+        defense = PerturbationAddon(**(perturbation or {}))
+        super().__init__(segmentor, [defense, *addons], discriminator, adv_weights, ndf, seg_aux_weight,
+                         discriminator_input)

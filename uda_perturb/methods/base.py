@@ -1,0 +1,183 @@
+"""What every UDA method shares: the step template, typed step results, discriminator plumbing."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..losses import SOURCE_LABEL, TARGET_LABEL, bce_to, seg_ce, upsample
+from ..models.discriminators import discriminator_input
+from ..models.segmentor import Segmentor, SegmentorOutput
+from ..registry import DISCRIMINATORS
+
+
+@dataclass
+class StepState:
+    """Everything one step computed, shared by the method's losses and by add-ons (no second backbone pass).
+
+    Logits in ``source``/``target`` are at feature resolution; ``source_size``/``target_size`` are the input
+    sizes every pixel loss upsamples to.
+    """
+
+    source: SegmentorOutput
+    labels: torch.Tensor
+    source_size: tuple[int, int]
+    target: Optional[SegmentorOutput] = None
+    target_size: Optional[tuple[int, int]] = None
+
+
+@dataclass
+class StepResult:
+    """Losses of one training step (floats, for logging) and the perturbation statistics if any."""
+
+    generator_losses: dict[str, float]
+    discriminator_losses: dict[str, float] = field(default_factory=dict)
+    perturbation: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        return sum(self.generator_losses.values())
+
+    def flat(self) -> dict[str, float]:
+        """One flat mapping for progress bars and JSON logs."""
+        out = {f"g/{k}": v for k, v in self.generator_losses.items()}
+        out.update({f"d/{k}": v for k, v in self.discriminator_losses.items()})
+        out.update({f"perturb/{k}": v for k, v in self.perturbation.items()})
+        return out
+
+
+@contextlib.contextmanager
+def no_param_grads(module: Optional[nn.Module]) -> Iterator[None]:
+    """Temporarily stop ``module``'s parameters from collecting gradients (D while training G)."""
+    if module is None:
+        yield
+        return
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+class UDAMethod(nn.Module):
+    """Base class of methods (registry ``METHODS``).
+
+    ``training_step(source_batch, target_batch)`` runs the forward passes, computes the generator losses
+    (the method's own plus every add-on's), calls ``self.backward`` on them, then on the discriminator losses,
+    and returns a :class:`StepResult`. It never calls an optimizer: the trainer steps, schedules, accumulates
+    and synchronises. Batches are dicts with ``image`` and (source) ``label``.
+    """
+
+    uses_target: bool = True
+    discriminator_space: str = "softmax"
+
+    def __init__(self, segmentor: Segmentor, addons: Sequence[nn.Module] = (), seg_aux_weight: float = 0.1) -> None:
+        super().__init__()
+        self.segmentor = segmentor
+        self.discriminators = nn.ModuleDict()
+        self.addons = nn.ModuleList(addons)
+        self.seg_aux_weight = seg_aux_weight
+        self.backward: Callable[[torch.Tensor], None] = lambda loss: loss.backward()
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    @property
+    def num_classes(self) -> int:
+        assert self.segmentor.num_classes is not None
+        return self.segmentor.num_classes
+
+    def add_discriminators(self, name: str = "fc", weights: Sequence[float] = (0.001, 0.0002), ndf: int = 64,
+                           space: Optional[str] = None) -> None:
+        """One discriminator per level (main, and aux when the segmentor is multi-level)."""
+        space = space or self.discriminator_space
+        in_ch = self.segmentor.backbone.out_channels if space == "features" else self.num_classes
+        self.discriminator_space = space
+        self.adv_weights = {"main": weights[0]}
+        self.discriminators["main"] = DISCRIMINATORS.build(name, in_channels=in_ch, ndf=ndf)
+        if self.segmentor.aux_head is not None:
+            aux_ch = self.segmentor.backbone.aux_channels if space == "features" else self.num_classes
+            self.discriminators["aux"] = DISCRIMINATORS.build(name, in_channels=aux_ch, ndf=ndf)
+            self.adv_weights["aux"] = weights[1] if len(weights) > 1 else weights[0] / 5
+
+    def levels(self, out: SegmentorOutput, size: tuple[int, int]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``{level: (features, upsampled logits)}`` for main and (if present) aux."""
+        levels = {"main": (out.features, upsample(out.logits, size))}
+        if out.aux_logits is not None and out.aux_features is not None:
+            levels["aux"] = (out.aux_features, upsample(out.aux_logits, size))
+        return levels
+
+    def discriminator_view(self, features: torch.Tensor, up_logits: torch.Tensor) -> torch.Tensor:
+        return discriminator_input(self.discriminator_space, features, up_logits)
+
+    def adversarial_loss(self, state: StepState) -> dict[str, torch.Tensor]:
+        """G's adversarial terms: target predictions labelled *source* by each frozen discriminator."""
+        assert state.target is not None and state.target_size is not None
+        losses = {}
+        for level, (feat, logits) in self.levels(state.target, state.target_size).items():
+            d = self.discriminators[level]
+            with no_param_grads(d):
+                losses[f"adv_{level}"] = self.adv_weights[level] * bce_to(d(self.discriminator_view(feat, logits)),
+                                                                         SOURCE_LABEL)
+        return losses
+
+    def discriminator_loss(self, state: StepState) -> dict[str, torch.Tensor]:
+        """Each discriminator on detached inputs: 0.5 * BCE(D(source), 0) + 0.5 * BCE(D(target), 1)."""
+        assert state.target is not None and state.target_size is not None
+        losses = {}
+        src = self.levels(state.source, state.source_size)
+        tgt = self.levels(state.target, state.target_size)
+        for level, d in self.discriminators.items():
+            s_in = self.discriminator_view(*[t.detach() for t in src[level]])
+            t_in = self.discriminator_view(*[t.detach() for t in tgt[level]])
+            losses[f"d_{level}"] = 0.5 * bce_to(d(s_in), SOURCE_LABEL) + 0.5 * bce_to(d(t_in), TARGET_LABEL)
+        return losses
+
+    def segmentation_loss(self, state: StepState) -> dict[str, torch.Tensor]:
+        """Source CE on the main head (+ ``seg_aux_weight`` x the aux head when multi-level)."""
+        losses = {"seg": seg_ce(state.source.logits, state.labels)}
+        if state.source.aux_logits is not None:
+            losses["seg_aux"] = self.seg_aux_weight * seg_ce(state.source.aux_logits, state.labels)
+        return losses
+
+    # ------------------------------------------------------------------ the step template
+    def forward_domains(self, source: dict, target: Optional[dict]) -> StepState:
+        xs = source["image"]
+        state = StepState(self.segmentor.forward_all(xs), source["label"], tuple(xs.shape[-2:]))
+        if self.uses_target and target is not None:
+            xt = target["image"]
+            state.target, state.target_size = self.segmentor.forward_all(xt), tuple(xt.shape[-2:])
+        return state
+
+    def generator_losses(self, state: StepState) -> dict[str, torch.Tensor]:
+        """The method's own losses for G and F (subclasses extend)."""
+        return self.segmentation_loss(state)
+
+    def discriminator_losses(self, state: StepState) -> dict[str, torch.Tensor]:
+        """Losses that train the discriminators (empty for methods without one)."""
+        return self.discriminator_loss(state) if len(self.discriminators) else {}
+
+    def training_step(self, source: dict, target: Optional[dict] = None) -> StepResult:
+        """One forward/backward of every network; the trainer steps the optimizers afterwards."""
+        state = self.forward_domains(source, target)
+        g = self.generator_losses(state)
+        stats: dict[str, float] = {}
+        for addon in self.addons:
+            extra, addon_stats = addon(self, state)
+            g.update(extra)
+            stats.update(addon_stats)
+        self.backward(sum(g.values()))
+        d = self.discriminator_losses(state)
+        for addon in self.addons:
+            d.update(getattr(addon, "discriminator_losses", lambda m, s: {})(self, state))
+        if d:
+            self.backward(sum(d.values()))
+        return StepResult({k: float(v.detach()) for k, v in g.items()},
+                          {k: float(v.detach()) for k, v in d.items()}, stats)
+
+    def discriminator_parameters(self) -> list[nn.Parameter]:
+        return list(self.discriminators.parameters())

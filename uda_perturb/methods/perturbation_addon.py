@@ -1,0 +1,96 @@
+"""The APODA perturbation defense as an add-on to any method (registry ``ADDONS``, name ``perturbation``).
+
+It perturbs the main features the method already computed (no extra backbone pass), attacking with the
+classifier and, when the method has one, its main discriminator (in whatever space that D looks at), and
+adds ``lambda_source * CE(F(f_s*), y_s) + lambda_target * KL(p(f_t) || p(f_t*))`` to the generator loss.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..losses import SOURCE_LABEL, TARGET_LABEL, bce_to, upsample
+from ..perturb import Perturber
+from ..registry import ADDONS
+from .base import StepState, UDAMethod
+
+
+@ADDONS.register("perturbation")
+class PerturbationAddon(nn.Module):
+    """Pointwise feature perturbation + defense on both domains.
+
+    Args:
+        lambda_source, lambda_target: weights of the two defense losses (0 disables a side).
+        source_attacks, target_attacks: attack objectives; ``None`` = classifier (+ discriminator if the
+            method has one and ``use_discriminator``).
+        source_defenses, target_defenses: default ``ce`` and ``kl``.
+        d_on_perturbed: also train the discriminator on predictions of the perturbed features.
+        **perturber: settings of :class:`~uda_perturb.Perturber` (``eps``, ``steps``, ``norm``, ``eps_mode``...).
+    """
+
+    def __init__(self, lambda_source: float = 1.0, lambda_target: float = 1.0,
+                 source_attacks: Optional[Sequence[Any]] = None, target_attacks: Optional[Sequence[Any]] = None,
+                 source_defenses: Sequence[Any] = ("ce",), target_defenses: Sequence[Any] = ("kl",),
+                 use_discriminator: bool = True, d_on_perturbed: bool = False, **perturber: Any) -> None:
+        super().__init__()
+        self.lambda_source, self.lambda_target = lambda_source, lambda_target
+        self.use_discriminator, self.d_on_perturbed = use_discriminator, d_on_perturbed
+        self.source_attacks, self.target_attacks = source_attacks, target_attacks
+        self.perturber_kwargs = perturber
+        self.source_defenses, self.target_defenses = list(source_defenses), list(target_defenses)
+        Perturber(source_attacks, self.source_defenses, **perturber)  # validate settings at construction
+        self._perturbers: dict[tuple[str, bool, str], Perturber] = {}
+        # the last step's perturbed features and their logits, for ``d_on_perturbed``
+        self._perturbed: dict[str, torch.Tensor] = {}
+        self._adv_logits: dict[str, torch.Tensor] = {}
+
+    @property
+    def needs_target(self) -> bool:
+        """Whether the method must forward target images for this add-on."""
+        return self.lambda_target > 0
+
+    def _perturber(self, domain: str, with_d: bool, space: str) -> Perturber:
+        key = (domain, with_d, space)
+        if key not in self._perturbers:
+            attacks = self.source_attacks if domain == "source" else self.target_attacks
+            if attacks is None:
+                attacks = ["classifier", "discriminator"] if with_d else ["classifier"]
+            defenses = self.source_defenses if domain == "source" else self.target_defenses
+            self._perturbers[key] = Perturber(attacks, defenses, discriminator_input=space, **self.perturber_kwargs)
+        return self._perturbers[key]
+
+    def forward(self, method: UDAMethod, state: StepState) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        disc = method.discriminators["main"] if self.use_discriminator and "main" in method.discriminators else None
+        space = method.discriminator_space
+        classifier = method.segmentor.classifier
+        losses, stats = {}, {}
+        sides = [("source", state.source, state.labels, None, self.lambda_source)]
+        if state.target is not None:
+            sides.append(("target", state.target, None, state.target_size, self.lambda_target))
+        self._adv_logits, self._perturbed = {}, {}
+        for domain, out, labels, size, weight in sides:
+            if weight <= 0:
+                continue
+            res = self._perturber(domain, disc is not None, space)(
+                out.features, classifier, labels=labels, domain=domain, discriminator=disc,
+                clean_logits=out.logits, output_size=size)
+            losses[f"def_{domain}"] = weight * res.loss
+            stats[f"{domain}_norm"] = res.stats.mean_norm
+            stats[f"{domain}_moved"] = res.stats.fraction_perturbed
+            stats[f"{domain}_attack_gain"] = (res.stats.attack_loss_after or 0.0) - res.stats.attack_loss_before
+            self._adv_logits[domain] = res.adv_logits.detach()
+            self._perturbed[domain] = res.perturbed
+        return losses, stats
+
+    def discriminator_losses(self, method: UDAMethod, state: StepState) -> dict[str, torch.Tensor]:
+        """With ``d_on_perturbed``: the main D also learns perturbed source -> 0, perturbed target -> 1."""
+        disc = method.discriminators["main"] if "main" in method.discriminators else None
+        if not self.d_on_perturbed or disc is None or len(self._adv_logits) < 2:
+            return {}
+        assert state.target_size is not None
+        views = []
+        for domain, size in (("source", state.source_size), ("target", state.target_size)):
+            views.append(method.discriminator_view(self._perturbed[domain], upsample(self._adv_logits[domain], size)))
+        return {"d_perturbed": 0.5 * bce_to(disc(views[0]), SOURCE_LABEL) + 0.5 * bce_to(disc(views[1]), TARGET_LABEL)}
