@@ -106,6 +106,8 @@ class Perturber(nn.Module):
         discriminator_input: what D sees: ``softmax`` of logits, ``entropy`` map, or ``features``.
         channels_last: run the attack's passes on channels-last features (same values; on CPU the input
             gradient of a dilated ASPP head is about 3x faster this way).
+        track_attack_loss: also evaluate the attack objective at ``f*`` (``stats.attack_loss_after``); this
+            costs one more discriminator pass, so it is off by default.
     """
 
     def __init__(self, attacks: Optional[ObjectiveSpec] = None, defenses: Optional[ObjectiveSpec] = None, *,
@@ -114,7 +116,8 @@ class Perturber(nn.Module):
                  bn_mode: str = "eval", discriminator_input: str = "softmax",
                  attack_weights: Optional[Mapping[str, float]] = None,
                  defense_weights: Optional[Mapping[str, float]] = None,
-                 ignore_index: int = IGNORE_INDEX, channels_last: bool = True) -> None:
+                 ignore_index: int = IGNORE_INDEX, channels_last: bool = True,
+                 track_attack_loss: bool = False) -> None:
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -134,7 +137,7 @@ class Perturber(nn.Module):
         self.alpha = float(alpha) if alpha is not None else self.eps / self.steps
         self.random_start, self.project, self.bn_mode = random_start, project, bn_mode
         self.discriminator_input, self.ignore_index = discriminator_input, ignore_index
-        self.channels_last = channels_last
+        self.channels_last, self.track_attack_loss = channels_last, track_attack_loss
         self._attack_spec, self._defense_spec = attacks, defenses
         self._attack_weights, self._defense_weights = attack_weights, defense_weights
         self.attack_terms = _resolve(ATTACKS, attacks, attack_weights) if attacks is not None else None
@@ -292,9 +295,10 @@ class Perturber(nn.Module):
                                              discriminator=discriminator, clean_logits=clean_logits,
                                              output_size=output_size)
         adv_logits = classifier(perturbed)
-        with torch.no_grad(), frozen_state(discriminator):  # attack loss at f*, from the defense's own pass
-            stats.attack_loss_after = float(
-                self._attack_loss(self._attacks_for(discriminator), ctx, perturbed, adv_logits.detach()))
+        if self.track_attack_loss:
+            with torch.no_grad(), frozen_state(discriminator):  # attack loss at f*, from the defense's own pass
+                stats.attack_loss_after = float(
+                    self._attack_loss(self._attacks_for(discriminator), ctx, perturbed, adv_logits.detach()))
         losses = {t.name: t.weight * t.module(ctx, adv_logits) for t in self._defenses_for(domain)}
         total = sum(losses.values())
         return PerturbResult(perturbed, total, losses, stats, adv_logits)  # type: ignore[arg-type]

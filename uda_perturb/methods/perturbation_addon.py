@@ -30,7 +30,7 @@ class PerturbationAddon(nn.Module):
         **perturber: settings of :class:`~uda_perturb.Perturber` (``eps``, ``steps``, ``norm``, ``eps_mode``...).
     """
 
-    def __init__(self, lambda_source: float = 1.0, lambda_target: float = 1.0,
+    def __init__(self, lambda_source: float = 1.0, lambda_target: float = 0.1,
                  source_attacks: Optional[Sequence[Any]] = None, target_attacks: Optional[Sequence[Any]] = None,
                  source_defenses: Sequence[Any] = ("ce",), target_defenses: Sequence[Any] = ("kl",),
                  use_discriminator: bool = True, d_on_perturbed: bool = False, **perturber: Any) -> None:
@@ -79,7 +79,8 @@ class PerturbationAddon(nn.Module):
             losses[f"def_{domain}"] = weight * res.loss
             stats[f"{domain}_norm"] = res.stats.mean_norm
             stats[f"{domain}_moved"] = res.stats.fraction_perturbed
-            stats[f"{domain}_attack_gain"] = (res.stats.attack_loss_after or 0.0) - res.stats.attack_loss_before
+            if res.stats.attack_loss_after is not None:
+                stats[f"{domain}_attack_gain"] = res.stats.attack_loss_after - res.stats.attack_loss_before
             self._adv_logits[domain] = res.adv_logits.detach()
             self._perturbed[domain] = res.perturbed
         return losses, stats

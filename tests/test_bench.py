@@ -1,0 +1,29 @@
+"""Benchmark aggregation over seeds, on fake run folders."""
+import json
+
+import pytest
+
+from uda_perturb.bench import Run, aggregate, per_class_table, summary_table
+
+
+def fake_run(tmp_path, label, seed, miou, tail, road):
+    d = tmp_path / f"{label}_{seed}"
+    d.mkdir()
+    res = {"target": {"iou": {"road": road, "pole": None}, "miou": miou, "miou_tail": tail, "pixel_accuracy": 90.0},
+           "source": {"iou": {"road": 99.0, "pole": 1.0}, "miou": 50.0, "miou_tail": 1.0}}
+    (d / "results.json").write_text(json.dumps({"results": res}))
+    return Run(label, [], d, seed)
+
+
+def test_mean_std_over_seeds_and_tables(tmp_path):
+    runs = [fake_run(tmp_path, "a", 0, 10.0, 1.0, 80.0), fake_run(tmp_path, "a", 1, 20.0, 3.0, 90.0),
+            fake_run(tmp_path, "b", 0, 30.0, 5.0, 70.0)]
+    agg = aggregate(runs)
+    assert agg["a"]["seeds"] == 2 and agg["a"]["target"]["miou"]["mean"] == pytest.approx(15.0)
+    assert agg["a"]["target"]["miou"]["std"] == pytest.approx(5.0)  # population std over seeds
+    assert agg["a"]["target"]["iou"]["pole"]["n"] == 0  # absent class stays NaN, not 0
+    table = summary_table(agg, "target", ["tail"], "source")
+    assert "| a | 2 | 15.0 ± 5.0 | 2.0 ± 1.0 | 50.0 ± 0.0 |" in table
+    assert "| b | 1 | 30.0 | 5.0 | 50.0 |" in table
+    assert "| a | 85.0 ± 5.0 | - |" in per_class_table(agg, "target")
+    assert all(r.done() for r in runs)

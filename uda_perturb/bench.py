@@ -1,0 +1,140 @@
+"""Method comparison benchmark: same backbone, input size, iterations and warm start for every method;
+several seeds; with and without photometric augmentation; final checkpoints only.
+
+Each run is a subprocess ``python -m uda_perturb train ...`` (one thread each, ``--jobs`` at a time), so
+runs are isolated and a restarted benchmark skips runs whose ``results.json`` exists. Used by
+``benchmarks/compare.py``, ``benchmarks/ablate.py`` and ``uda-perturb bench``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+PHOTOMETRIC_KEYS = ("data.source.transforms.photometric", "data.target.transforms.photometric")
+
+
+@dataclass
+class Run:
+    """One training run of the benchmark: a label, recipe overrides, and where it writes."""
+
+    label: str
+    overrides: list[str]
+    run_dir: Path
+    seed: int = 0
+    group: str = ""
+    tags: dict = field(default_factory=dict)
+
+    def done(self) -> bool:
+        return (self.run_dir / "results.json").is_file()
+
+
+def launch(recipe: str, run: Run, log_dir: Path, threads: int = 1) -> float:
+    """Train one run in a subprocess unless it already finished; returns its wall time in seconds."""
+    if run.done():
+        return 0.0
+    log_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "uda_perturb", "train", recipe, "--run-dir", str(run.run_dir), "--no-progress",
+           "--overwrite"]
+    for o in run.overrides + [f"seed={run.seed}"]:
+        cmd += ["--set", o]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    start = time.time()
+    with open(log_dir / f"{run.run_dir.name}.log", "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"run {run.run_dir.name} failed (exit {proc.returncode}); see {log_dir}")
+    return time.time() - start
+
+
+def run_all(recipe: str, runs: Sequence[Run], jobs: int, log_dir: Path) -> float:
+    """Run everything, ``jobs`` at a time; returns the wall time."""
+    start = time.time()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for fut in [pool.submit(launch, recipe, r, log_dir) for r in runs]:
+            fut.result()
+    return time.time() - start
+
+
+def load_results(run: Run) -> dict:
+    return json.loads((run.run_dir / "results.json").read_text())["results"]
+
+
+def aggregate(runs: Sequence[Run]) -> dict[str, dict]:
+    """``{label: {split: {metric: (mean, std, n)}, "iou": {split: {class: (mean, std)}}}}`` over seeds."""
+    by_label: dict[str, list[dict]] = {}
+    for r in runs:
+        by_label.setdefault(r.label, []).append(load_results(r))
+    out: dict[str, dict] = {}
+    for label, results in by_label.items():
+        agg: dict[str, dict] = {"seeds": len(results)}
+        for split in results[0]:
+            metrics = {k: [res[split][k] for res in results] for k in results[0][split] if k.startswith("miou")}
+            agg[split] = {k: _stats(v) for k, v in metrics.items()}
+            agg[split]["iou"] = {c: _stats([res[split]["iou"][c] for res in results])
+                                 for c in results[0][split]["iou"]}
+        out[label] = agg
+    return out
+
+
+def _stats(values: Sequence[Optional[float]]) -> dict[str, float]:
+    v = np.array([np.nan if x is None else x for x in values], dtype=float)
+    return {"mean": float(np.nanmean(v)) if not np.all(np.isnan(v)) else float("nan"),
+            "std": float(np.nanstd(v)) if len(v) > 1 else 0.0, "n": int(np.sum(~np.isnan(v)))}
+
+
+def summary_table(agg: dict[str, dict], split: str, groups: Sequence[str], extra_split: Optional[str] = None) -> str:
+    """Markdown: mean ± std per method of mIoU and class-group mIoUs on ``split`` (+ mIoU on ``extra_split``)."""
+    cols = ["miou"] + [f"miou_{g}" for g in groups]
+    head = "| method | seeds | " + " | ".join(f"{split} {c}" for c in cols)
+    head += f" | {extra_split} miou |" if extra_split else " |"
+    lines = [head, "|" + "---|" * (2 + len(cols) + (1 if extra_split else 0))]
+    for label, a in agg.items():
+        cells = [_pm(a[split][c]) for c in cols]
+        if extra_split:
+            cells.append(_pm(a[extra_split]["miou"]))
+        lines.append(f"| {label} | {a['seeds']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def per_class_table(agg: dict[str, dict], split: str) -> str:
+    classes = list(next(iter(agg.values()))[split]["iou"])
+    lines = ["| method | " + " | ".join(classes) + " |", "|" + "---|" * (len(classes) + 1)]
+    for label, a in agg.items():
+        lines.append(f"| {label} | " + " | ".join(_pm(a[split]["iou"][c], 1) for c in classes) + " |")
+    return "\n".join(lines)
+
+
+def _pm(s: dict, digits: int = 1) -> str:
+    if s["mean"] != s["mean"]:
+        return "-"
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}" if s.get("n", 1) > 1 else f"{s['mean']:.{digits}f}"
+
+
+def plot(agg: dict[str, dict], split: str, path: Path, title: str) -> Optional[Path]:
+    try:
+        from .visualize import iou_bar_plot
+    except ImportError:
+        return None
+    means = {label: {c: s["mean"] for c, s in a[split]["iou"].items()} for label, a in agg.items()}
+    errs = {label: {c: s["std"] for c, s in a[split]["iou"].items()} for label, a in agg.items()}
+    try:
+        return iou_bar_plot(means, path, title, errs)
+    except ImportError:
+        return None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``uda-perturb bench ...``: forwards to benchmarks/compare.py's argument parser."""
+    from .bench_compare import main as compare_main
+
+    return compare_main(argv)
