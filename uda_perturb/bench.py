@@ -88,8 +88,9 @@ def aggregate(runs: Sequence[Run]) -> dict[str, dict]:
 
 def _stats(values: Sequence[Optional[float]]) -> dict[str, float]:
     v = np.array([np.nan if x is None else x for x in values], dtype=float)
-    return {"mean": float(np.nanmean(v)) if not np.all(np.isnan(v)) else float("nan"),
-            "std": float(np.nanstd(v)) if len(v) > 1 else 0.0, "n": int(np.sum(~np.isnan(v)))}
+    v = v[~np.isnan(v)]
+    return {"mean": float(v.mean()) if len(v) else float("nan"), "std": float(v.std()) if len(v) > 1 else 0.0,
+            "n": int(len(v))}
 
 
 def summary_table(agg: dict[str, dict], split: str, groups: Sequence[str], extra_split: Optional[str] = None) -> str:
