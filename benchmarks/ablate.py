@@ -66,6 +66,7 @@ def main() -> None:
     common = ["data.num_workers=0", "train.checkpoint_every=0", "train.eval_every=0"]
     logs = work / "logs"
     start = time.time()
+    pre = None
     if args.warm_start:
         weights = Path(args.warm_start)
     else:
@@ -85,6 +86,7 @@ def main() -> None:
                                         f"data.batch_size={setup['batch']}"], work / f"v{i:02d}", args.seed))
     run_all(setup["recipe"], runs, args.jobs, logs)
     agg = aggregate(runs)
+    reference = aggregate([pre]) if pre is not None else {}
     t, s = setup["target"], setup["source"]
     best = max(agg, key=lambda k: agg[k][s]["miou"]["mean"])
     rows = ["| variant | source-test mIoU (selection) | target mIoU | target tail mIoU | target head mIoU |",
@@ -93,6 +95,9 @@ def main() -> None:
         mark = " **(best on source)**" if name == best else ""
         rows.append(f"| {name}{mark} | {a[s]['miou']['mean']:.1f} | {a[t]['miou']['mean']:.1f} | "
                     f"{a[t]['miou_tail']['mean']:.1f} | {a[t]['miou_head']['mean']:.1f} |")
+    for name, a in reference.items():  # the source-only warm start every variant begins from
+        rows.append(f"| *{name} (source-only, before adaptation)* | {a[s]['miou']['mean']:.1f} | "
+                    f"{a[t]['miou']['mean']:.1f} | {a[t]['miou_tail']['mean']:.1f} | {a[t]['miou_head']['mean']:.1f} |")
     import torchvision
 
     env = {"command": " ".join(["ablate.py", *sys.argv[1:]]), "torch": torch.__version__,
@@ -109,7 +114,8 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     (out / f"ablate_{args.dataset}.md").write_text("\n".join(md) + "\n")
     (out / f"ablate_{args.dataset}.json").write_text(json.dumps({"environment": env, "results": agg,
-                                                                "best_on_source": best}, indent=2))
+                                                                "warm_start": reference, "best_on_source": best},
+                                                               indent=2))
     print("\n".join(md))
 
 

@@ -28,6 +28,8 @@ from _env import write_results
 MODELS = {
     "deeplabv2_r50": dict(head="aspp_v2", backbone="resnet50", num_classes=19, multi_level=True,
                           backbone_kwargs={"bn": "affine_frozen"}),
+    "deeplabv2_r101": dict(head="aspp_v2", backbone="resnet101", num_classes=19, multi_level=True,
+                           backbone_kwargs={"bn": "affine_frozen"}),
     "cpu": dict(head="aspp_v2", backbone="lite", num_classes=11, backbone_kwargs={"width": 24},
                 head_kwargs={"dilations": (1, 2, 4, 6)}),
 }
