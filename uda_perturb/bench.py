@@ -35,6 +35,7 @@ class Run:
     tags: dict = field(default_factory=dict)
 
     def done(self) -> bool:
+        """Whether the run already finished (its results file exists)."""
         return (self.run_dir / "results.json").is_file()
 
 
@@ -66,6 +67,7 @@ def run_all(recipe: str, runs: Sequence[Run], jobs: int, log_dir: Path) -> float
 
 
 def load_results(run: Run) -> dict:
+    """The final evaluation results of a finished run."""
     return json.loads((run.run_dir / "results.json").read_text())["results"]
 
 
@@ -108,6 +110,7 @@ def summary_table(agg: dict[str, dict], split: str, groups: Sequence[str], extra
 
 
 def per_class_table(agg: dict[str, dict], split: str) -> str:
+    """Markdown: per-class IoU (mean ± std over seeds) of every method on ``split``."""
     classes = list(next(iter(agg.values()))[split]["iou"])
     lines = ["| method | " + " | ".join(classes) + " |", "|" + "---|" * (len(classes) + 1)]
     for label, a in agg.items():
@@ -122,6 +125,7 @@ def _pm(s: dict, digits: int = 1) -> str:
 
 
 def plot(agg: dict[str, dict], split: str, path: Path, title: str) -> Optional[Path]:
+    """Bar plot of per-class IoU by method; ``None`` when matplotlib is missing."""
     try:
         from .visualize import iou_bar_plot
     except ImportError:

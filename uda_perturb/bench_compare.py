@@ -33,6 +33,7 @@ SETUPS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Command-line options of the comparison."""
     ap = argparse.ArgumentParser(prog="compare", description=__doc__)
     ap.add_argument("--dataset", choices=sorted(SETUPS), default="camvid")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Warm starts, then every (method, augmentation arm, seed) run, then the report."""
     args = build_parser().parse_args(argv)
     setup = SETUPS[args.dataset]
     pre_iters = args.pretrain_iters or (20 if args.quick else setup["pretrain_iters"])
@@ -95,6 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def report(args: argparse.Namespace, setup: dict, agg: dict, name: str, pre_iters: int, iters: int,
            seeds: Sequence[int], wall: float) -> None:
+    """Write markdown, JSON and the bar plot under the results folder."""
     import torchvision
 
     out = Path(args.results_dir)

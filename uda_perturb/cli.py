@@ -17,6 +17,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """``uda-perturb train``: exit 130 after an interrupt (checkpoint written)."""
     from .config import load_config
     from .engine import Trainer, TrainingInterrupted
 
@@ -52,6 +53,7 @@ def _load_segmentor(cfg, checkpoint: str):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """``uda-perturb eval``: per-class IoU tables of a checkpoint on the recipe's eval splits."""
     from .config import load_config
     from .engine.distributed import DistInfo
     from .engine.evaluate import evaluate
@@ -68,6 +70,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """``uda-perturb predict``: colour-coded predictions and overlays as PNGs."""
     from PIL import Image
 
     from .config import load_config
@@ -109,6 +112,7 @@ def _palette_for(cfg, datasets):
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """``uda-perturb list``: registry contents and packaged recipes."""
     import uda_perturb as up
 
     from .config import list_recipes
@@ -130,6 +134,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """``uda-perturb demo``: the README's main job."""
     from .demo import run_demo
 
     run_demo(args.out, iters=args.iters if not args.quick else 20, seed=args.seed, progress=not args.no_progress)
@@ -137,12 +142,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    """``uda-perturb bench``: the comparison benchmark."""
     from .bench import main as bench_main
 
     return bench_main(args.bench_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``uda-perturb`` argument parser."""
     ap = argparse.ArgumentParser(prog="uda-perturb", description="UDA for semantic segmentation by pointwise "
                                  "adversarial feature perturbation (APODA) and its baselines.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -182,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``uda-perturb`` and ``python -m uda_perturb``."""
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

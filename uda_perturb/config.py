@@ -250,10 +250,12 @@ def load_config(name: str | Path, overrides: Optional[list[str]] = None) -> Expe
 
 
 def to_dict(cfg: ExperimentConfig) -> dict:
+    """Plain nested dict of a config."""
     return dataclasses.asdict(cfg)
 
 
 def dump_yaml(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML (saved in every run folder)."""
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 

@@ -37,6 +37,7 @@ class ConfusionMatrix:
         self.hist += torch.bincount(k * target[valid] + pred[valid], minlength=k * k).view(k, k)
 
     def reset(self) -> None:
+        """Clear the histogram."""
         self.hist.zero_()
 
     def all_reduce(self) -> None:
@@ -65,6 +66,7 @@ class ConfusionMatrix:
         return float(np.nanmean(iou)) if not np.all(np.isnan(iou)) else float("nan")
 
     def pixel_accuracy(self) -> float:
+        """Share of valid pixels predicted correctly."""
         total = int(self.hist.sum())
         return float(self.hist.diag().sum()) / total if total else float("nan")
 
@@ -85,6 +87,7 @@ class ConfusionMatrix:
         return "\n".join(([f"**{title}**", ""] if title else []) + [head, sep, row])
 
     def to_json(self) -> str:
+        """:meth:`as_dict` as JSON text."""
         return json.dumps(self.as_dict(), indent=2)
 
 

@@ -142,18 +142,25 @@ class Perturber(nn.Module):
         self._attack_weights, self._defense_weights = attack_weights, defense_weights
         self.attack_terms = _resolve(ATTACKS, attacks, attack_weights) if attacks is not None else None
         self.defense_terms = _resolve(DEFENSES, defenses, defense_weights) if defenses is not None else None
+        self._default_terms: dict[str, list[_Term]] = {}
 
     # ----------------------------------------------------------------------------------------- helpers
     def _attacks_for(self, discriminator: Optional[nn.Module]) -> list[_Term]:
         if self.attack_terms is not None:
             return self.attack_terms
-        names = ["classifier"] + (["discriminator"] if discriminator is not None else [])
-        return _resolve(ATTACKS, names, self._attack_weights)
+        key = f"attacks:{discriminator is not None}"
+        if key not in self._default_terms:  # built once: the default recipe depends only on having a D
+            names = ["classifier"] + (["discriminator"] if discriminator is not None else [])
+            self._default_terms[key] = _resolve(ATTACKS, names, self._attack_weights)
+        return self._default_terms[key]
 
     def _defenses_for(self, domain: str) -> list[_Term]:
         if self.defense_terms is not None:
             return self.defense_terms
-        return _resolve(DEFENSES, "ce" if domain == "source" else "kl", self._defense_weights)
+        key = f"defenses:{domain}"
+        if key not in self._default_terms:
+            self._default_terms[key] = _resolve(DEFENSES, "ce" if domain == "source" else "kl", self._defense_weights)
+        return self._default_terms[key]
 
     def _radius(self, f0: torch.Tensor, value: float) -> torch.Tensor:
         """Per-position radius ``B x 1 x h x w`` (or a scalar tensor for absolute eps)."""

@@ -89,10 +89,12 @@ def broadcast_parameters(modules: Iterable[nn.Module], info: DistInfo, buffers_o
 
 
 def barrier(info: DistInfo) -> None:
+    """Wait for every rank (no-op for one process)."""
     if info.enabled:
         dist.barrier()
 
 
 def cleanup(info: DistInfo) -> None:
+    """Destroy the process group if this job created one."""
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

@@ -7,7 +7,7 @@ distributed job read disjoint interleaved parts of the same stream.
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -76,6 +76,3 @@ def eval_loader(dataset: Dataset, batch_size: int, info: DistInfo, num_workers: 
     subset = torch.utils.data.Subset(dataset, indices)
     return DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
-
-def first_batch_size(loader: Optional[DataLoader]) -> int:
-    return loader.batch_size if loader is not None and loader.batch_size else 1

@@ -35,6 +35,7 @@ class TrainingInterrupted(RuntimeError):
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch; ``deterministic`` also asks torch for deterministic kernels."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -45,6 +46,7 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def resolve_device(name: str, info: DistInfo) -> torch.device:
+    """``auto`` -> CUDA if available; under torchrun each rank takes its local GPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
@@ -105,6 +107,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
     def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs: weights, optimisers, scaler, RNG states, iteration, config."""
         return {"format": FORMAT, "config": to_dict(self.cfg), "iteration": self.iteration,
                 "method": self.method.state_dict(),
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
@@ -137,6 +140,7 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def train_step(self, source_iter, target_iter) -> dict[str, float]:
+        """One optimisation step (``accumulate`` micro-batches, gradient averaging across ranks)."""
         lr = set_poly_lr(self.optimizers, self.iteration, self.cfg.train)
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
@@ -234,6 +238,7 @@ class Trainer:
         return results
 
     def close(self) -> None:
+        """Release the process group (distributed runs)."""
         cleanup(self.info)
 
 

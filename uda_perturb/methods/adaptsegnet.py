@@ -26,4 +26,5 @@ class AdaptSegNet(UDAMethod):
         self.add_discriminators(discriminator, adv_weights, ndf, space=discriminator_input)
 
     def generator_losses(self, state: StepState) -> dict[str, torch.Tensor]:
+        """Segmentation plus adversarial terms."""
         return {**self.segmentation_loss(state), **self.adversarial_loss(state)}

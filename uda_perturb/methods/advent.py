@@ -38,5 +38,6 @@ class Advent(UDAMethod):
         self.minent_weights = tuple(minent_weights)
 
     def generator_losses(self, state: StepState) -> dict[str, torch.Tensor]:
+        """Segmentation, adversarial (on entropy maps) and optional MinEnt terms."""
         return {**self.segmentation_loss(state), **self.adversarial_loss(state),
                 **entropy_terms(self, state, self.minent_weights)}

@@ -112,6 +112,7 @@ class UDAMethod(nn.Module):
         return levels
 
     def discriminator_view(self, features: torch.Tensor, up_logits: torch.Tensor) -> torch.Tensor:
+        """What this method's discriminators look at (softmax, entropy map or features)."""
         return discriminator_input(self.discriminator_space, features, up_logits)
 
     def adversarial_loss(self, state: StepState) -> dict[str, torch.Tensor]:
@@ -146,6 +147,7 @@ class UDAMethod(nn.Module):
 
     # ------------------------------------------------------------------ the step template
     def forward_domains(self, source: dict, target: Optional[dict]) -> StepState:
+        """Forward the source batch (and the target batch if the method uses it) once."""
         xs = source["image"]
         state = StepState(self.segmentor.forward_all(xs), source["label"], tuple(xs.shape[-2:]))
         if self.uses_target and target is not None:
@@ -180,4 +182,5 @@ class UDAMethod(nn.Module):
                           {k: float(v.detach()) for k, v in d.items()}, stats)
 
     def discriminator_parameters(self) -> list[nn.Parameter]:
+        """Parameters the discriminator optimiser trains."""
         return list(self.discriminators.parameters())

@@ -22,4 +22,5 @@ class MinEnt(UDAMethod):
         self.entropy_weights = tuple(entropy_weights)
 
     def generator_losses(self, state: StepState) -> dict[str, torch.Tensor]:
+        """Segmentation plus entropy terms."""
         return {**self.segmentation_loss(state), **entropy_terms(self, state, self.entropy_weights)}

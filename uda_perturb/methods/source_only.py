@@ -17,6 +17,7 @@ class SourceOnly(UDAMethod):
     uses_target = False
 
     def forward_domains(self, source: dict, target: Optional[dict]) -> StepState:
+        """Source in train mode; target (only for add-ons) with BatchNorm in eval mode."""
         state = super().forward_domains(source, None)
         if target is not None and any(getattr(a, "needs_target", False) for a in self.addons):
             xt = target["image"]
