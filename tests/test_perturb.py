@@ -218,3 +218,19 @@ def test_upsampled_labels_and_multi_level_model():
     f = seg.features(x)
     out = perturb_and_defend(f, seg.classifier, labels=y, eps=0.1)
     assert out.adv_logits.shape == (B, K, 4, 5) and out.loss.ndim == 0 and torch.isfinite(out.loss)
+
+
+def test_perturbation_under_bf16_autocast_matches_fp32_direction():
+    torch.manual_seed(5)
+    head = nn.Sequential(nn.Conv2d(C, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, K, 1))
+    f = torch.randn(B, C, H, W)
+    y = torch.randint(0, K, (B, H, W))
+    p = Perturber(["classifier"], eps=0.5, eps_mode="absolute")
+    ref, _, _ = p.perturb(f, head, labels=y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp, stats, _ = p.perturb(f.bfloat16(), head, labels=y)
+    assert amp.dtype == torch.bfloat16
+    d_ref, d_amp = ref - f, amp.float() - f
+    cos = F.cosine_similarity(d_ref, d_amp, dim=1)
+    assert cos.min() > 0.95 and stats.fraction_perturbed == 1.0
+    torch.testing.assert_close(pos_norm(d_amp), torch.full((B, H, W), 0.5), atol=0.02, rtol=0)
