@@ -109,3 +109,16 @@ def test_unknown_method_and_addon_names():
         build_method("advnet", seg())
     with pytest.raises(KeyError, match="Did you mean 'perturbation'"):
         build_method("advent", seg(), ["perturbaton"])
+
+
+def test_source_only_target_bn_stats_control_updates_bn_but_trains_on_source_only():
+    s, t = batches()
+    plain = build_method("source_only", seg())
+    control = build_method("source_only", seg(), options={"target_bn_stats": True})
+    r1, r2 = plain.training_step(s, t), control.training_step(s, t)
+    assert r1.generator_losses == r2.generator_losses  # same losses: the target adds no loss
+    bn1, bn2 = plain.segmentor.backbone.stem[1], control.segmentor.backbone.stem[1]
+    assert not torch.equal(bn1.running_mean, bn2.running_mean)  # ...but BatchNorm saw target batches
+    g1 = plain.segmentor.head.conv.weight.grad
+    g2 = control.segmentor.head.conv.weight.grad
+    torch.testing.assert_close(g1, g2)

@@ -18,6 +18,7 @@ from .bench import Run, aggregate, per_class_table, plot, run_all, summary_table
 D = "ndf: 32"
 METHODS = {
     "source_only": ["method.name=source_only"],
+    "source_only+targetBN": ["method.name=source_only", "method.options={target_bn_stats: true}"],
     "adaptsegnet": ["method.name=adaptsegnet", f"method.options={{{D}}}"],
     "advent": ["method.name=advent", f"method.options={{{D}, minent_weights: [0.001]}}"],
     "apoda": ["method.name=apoda", f"method.options={{{D}}}"],
@@ -36,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     """Command-line options of the comparison."""
     ap = argparse.ArgumentParser(prog="compare", description=__doc__)
     ap.add_argument("--dataset", choices=sorted(SETUPS), default="camvid")
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                    help="source_only+targetBN is a control: source-only whose BatchNorm statistics also see "
+                         "target batches, as every adversarial method's do")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--aug", choices=["both", "off", "on"], default="both",
                     help="photometric augmentation (brightness/contrast/gamma) during all training")
