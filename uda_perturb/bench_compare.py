@@ -93,13 +93,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run_all(setup["recipe"], list(pretrain.values()), args.jobs, logs)
     run_all(setup["recipe"], runs, args.jobs, logs)
     wall = time.time() - start
-    agg = aggregate(list(pretrain.values()) + runs)
-    report(args, setup, agg, name, pre_iters, iters, seeds, wall)
+    everything = list(pretrain.values()) + runs
+    agg = aggregate(everything)
+    compute = sum(json.loads((r.run_dir / "results.json").read_text()).get("train_seconds", 0.0) for r in everything)
+    report(args, setup, agg, name, pre_iters, iters, seeds, wall, compute)
     return 0
 
 
 def report(args: argparse.Namespace, setup: dict, agg: dict, name: str, pre_iters: int, iters: int,
-           seeds: Sequence[int], wall: float) -> None:
+           seeds: Sequence[int], wall: float, compute: float) -> None:
     """Write markdown, JSON and the bar plot under the results folder."""
     import torchvision
 
@@ -108,7 +110,10 @@ def report(args: argparse.Namespace, setup: dict, agg: dict, name: str, pre_iter
     t, s, g = setup["target"], setup["source"], setup["groups"]
     env = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "python": platform.python_version(),
            "torch": torch.__version__, "torchvision": torchvision.__version__, "machine": platform.machine(),
-           "cpus": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M"), "wall_seconds": round(wall),
+           "cpus": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M"),
+           "wall_seconds_this_invocation": round(wall), "jobs": args.jobs,
+           "train_seconds_all_runs": round(compute),
+           "estimated_wall_seconds_from_scratch": round(compute / max(args.jobs, 1)),
            "seeds": list(seeds), "warm_start_iters": pre_iters, "adapt_iters": iters, "recipe": setup["recipe"],
            "overrides": args.overrides}
     png = plot(agg, t, out / f"{name}.png", f"{args.dataset}: per-class IoU on {t} (mean over seeds)")

@@ -35,15 +35,16 @@ def iou_bar_plot(per_method: Mapping[str, Mapping[str, float]], path: str | Path
     width = 0.8 / max(len(methods), 1)
     fig, ax = plt.subplots(figsize=(max(8, len(classes) * 0.9), 4.5))
     x = np.arange(len(classes))
+    colours = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")
     for i, m in enumerate(methods):
         vals = [np.nan if per_method[m][c] is None else per_method[m][c] for c in classes]
         err = [errors[m].get(c, 0) if errors and m in errors else 0 for c in classes]
-        ax.bar(x + i * width - 0.4 + width / 2, vals, width, yerr=err, label=m, capsize=2)
+        ax.bar(x + i * width - 0.4 + width / 2, vals, width, yerr=err, label=m, capsize=2, color=colours(i % 20))
     ax.set_xticks(x)
     ax.set_xticklabels(classes, rotation=30, ha="right")
     ax.set_ylabel("IoU (%)")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
