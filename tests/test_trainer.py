@@ -121,3 +121,13 @@ def test_bf16_autocast_step_on_cpu(tmp_path):
     t.fit()
     line = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[0])
     assert line["perturb/source_moved"] == 1.0 and line["g/def_source"] == line["g/def_source"]
+
+
+def test_trainer_hands_target_batches_to_the_target_bn_control(tmp_path):
+    plain = Trainer(tiny_config("source_only", "train.iters=1"), tmp_path / "a", progress=False)
+    plain.fit()
+    control = Trainer(tiny_config("source_only", "train.iters=1", "method.options={target_bn_stats: true}"),
+                      tmp_path / "b", progress=False)
+    control.fit()
+    key = "segmentor.backbone.stem.1.running_mean"
+    assert not torch.equal(plain.method.state_dict()[key], control.method.state_dict()[key])

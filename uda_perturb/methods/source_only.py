@@ -30,6 +30,7 @@ class SourceOnly(UDAMethod):
                  target_bn_stats: bool = False) -> None:
         super().__init__(segmentor, addons, seg_aux_weight)
         self.target_bn_stats = target_bn_stats
+        self.uses_target = target_bn_stats  # the trainer then hands over target batches
 
     def forward_domains(self, source: dict, target: Optional[dict]) -> StepState:
         """Source in train mode; target (only for add-ons) with BatchNorm in eval mode."""
