@@ -23,6 +23,11 @@ import numpy as np
 PHOTOMETRIC_KEYS = ("data.source.transforms.photometric", "data.target.transforms.photometric")
 
 
+def photometric(on: bool) -> list[str]:
+    """Overrides that switch photometric augmentation on or off for both training domains."""
+    return [f"{k}={str(on).lower()}" for k in PHOTOMETRIC_KEYS]
+
+
 @dataclass
 class Run:
     """One training run of the benchmark: a label, recipe overrides, and where it writes."""

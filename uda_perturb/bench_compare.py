@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .bench import Run, aggregate, per_class_table, plot, run_all, summary_table
+from .bench import Run, aggregate, per_class_table, photometric, plot, run_all, summary_table
 
 D = "ndf: 32"
 METHODS = {
@@ -69,10 +69,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "train.eval_every=0", *args.overrides]
     if args.quick and args.dataset == "synthetic":
         common += ["data.eval.target_test.options.length=8", "data.eval.source_test.options.length=8"]
-
-    def photometric(on: bool) -> list[str]:
-        return [f"{k}={str(on).lower()}" for k in ("data.source.transforms.photometric",
-                                                     "data.target.transforms.photometric")]
 
     pretrain = {on: Run(f"warm start{' +aug' if on else ''}",
                         common + photometric(on) + ["method.name=source_only", f"train.iters={pre_iters}",

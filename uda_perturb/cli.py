@@ -77,12 +77,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .data.io import read_rgb
     from .data.transforms import Normalize
     from .engine.evaluate import predict_logits
-    from .registry import DATASETS
     from .visualize import colorize, overlay
 
     cfg = load_config(args.config, args.overrides)
     seg = _load_segmentor(cfg, args.checkpoint)
-    palette = _palette_for(cfg, DATASETS)
+    palette = _palette_for(cfg)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     norm = Normalize(cfg.data.source.transforms.normalize)
@@ -99,7 +98,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _palette_for(cfg, datasets):
+def _palette_for(cfg):
+    """The palette of the first configured dataset that can be opened (random colours otherwise)."""
     from .engine.loaders import build_dataset
 
     for dcfg in list(cfg.data.eval.values()) + [cfg.data.source]:
