@@ -2,9 +2,9 @@
 measured in one run on the same backbone and input; plus the perturbation's cost against its step count.
 
 Time: all methods' steps interleaved round-robin in one process, median of ``--repeats``.
-Memory: CUDA ``max_memory_allocated`` of one step; on CPU each method runs one step in a fresh subprocess and
-reports peak RSS during the step minus RSS before it (glibc returns large blocks to the OS, so RSS follows
-the live tensors closely enough for ratios).
+Memory: CUDA ``max_memory_allocated`` of one step; on CPU each method runs a warm-up step and then one
+measured step in a fresh subprocess, reporting peak RSS (sampled every millisecond) during the measured step
+minus RSS before it, after ``malloc_trim`` hands freed blocks back to the OS.
 
     python benchmarks/speed.py --model deeplabv2_r50 --size 128 256
     python benchmarks/speed.py --model cpu --size 120 160
@@ -68,6 +68,15 @@ def rss_mb() -> float:
         return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
 
 
+def _release_freed_memory() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: RSS then over-counts the baseline a little
+        pass
+
+
 def memory_child(model: str, method: str, size, batch: int) -> None:
     """Subprocess entry: print the peak extra memory (MB) of one training step on CPU, sampling RSS every
     millisecond from a thread (torch releases the GIL inside its kernels)."""
@@ -78,6 +87,7 @@ def memory_child(model: str, method: str, size, batch: int) -> None:
     s, t = batches(model, size, batch, torch.device("cpu"))
     m.training_step(s, t)  # warm-up: lazy allocations, kernel caches
     m.zero_grad(set_to_none=True)
+    _release_freed_memory()  # glibc keeps freed blocks: hand them back so RSS shows only live memory
     base = rss_mb()
     peak = [base]
     done = threading.Event()
