@@ -55,17 +55,11 @@ def _load_segmentor(cfg, checkpoint: str):
 def cmd_eval(args: argparse.Namespace) -> int:
     """``uda-perturb eval``: per-class IoU tables of a checkpoint on the recipe's eval splits."""
     from .config import load_config
-    from .engine.distributed import DistInfo
-    from .engine.evaluate import evaluate
-    from .engine.loaders import build_dataset, eval_loader
+    from .engine.trainer import evaluate_splits
 
     cfg = load_config(args.config, args.overrides)
-    seg = _load_segmentor(cfg, args.checkpoint)
-    for name, dcfg in cfg.data.eval.items():
-        ds = build_dataset(dcfg, train=False)
-        cm = evaluate(seg, eval_loader(ds, cfg.eval.batch_size, DistInfo()), ds.info.num_classes, ds.info.classes,
-                      cfg.eval.size, cfg.eval.flip, tuple(cfg.eval.scales))
-        print(cm.to_markdown(name), "\n")
+    for res in evaluate_splits(_load_segmentor(cfg, args.checkpoint), cfg).values():
+        print(res["table"], "\n")
     return 0
 
 

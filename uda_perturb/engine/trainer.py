@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..config import ExperimentConfig, dump_yaml, to_dict
 from ..methods import UDAMethod, build_method
-from ..metrics import ConfusionMatrix, subset_indices
+from ..metrics import subset_indices
 from ..models.segmentor import Segmentor, build_segmentor
 from ..models.weights import load_weights
 from .checkpoint import FORMAT, load_checkpoint, rng_state, save_atomic, set_rng_state
@@ -62,6 +62,24 @@ def build_model(cfg: ExperimentConfig) -> Segmentor:
     if m.weights:
         load_weights(seg, m.weights)
     return seg
+
+
+def evaluate_splits(segmentor: Segmentor, cfg: ExperimentConfig, info: DistInfo = DistInfo(),
+                    device: torch.device | str = "cpu", autocast_dtype: Optional[torch.dtype] = None,
+                    title: str = "") -> dict[str, dict]:
+    """Per-class IoU, mIoU and class-group mIoUs of ``segmentor`` on every split of ``cfg.data.eval``;
+    each result also holds its markdown ``table``."""
+    results = {}
+    for name, dcfg in cfg.data.eval.items():
+        ds = build_dataset(dcfg, train=False)
+        ds_info = getattr(ds, "info")
+        loader = eval_loader(ds, cfg.eval.batch_size, info, cfg.data.num_workers)
+        cm = evaluate(segmentor, loader, ds_info.num_classes, ds_info.classes, cfg.eval.size, cfg.eval.flip,
+                      tuple(cfg.eval.scales), device, autocast_dtype)
+        subsets = {g: subset_indices(ds_info.classes, cls) for g, cls in cfg.eval.class_groups.items()}
+        results[name] = cm.as_dict(subsets)
+        results[name]["table"] = cm.to_markdown(f"{name} {title}".strip())
+    return results
 
 
 class Trainer:
@@ -147,7 +165,7 @@ class Trainer:
         logs: dict[str, float] = {}
         for _ in range(self.cfg.train.accumulate):
             s = self._to_device(next(source_iter))
-            t = self._to_device(next(target_iter)) if self.method.uses_target or self.method.addons else None
+            t = self._to_device(next(target_iter)) if self.method.wants_target_batches else None
             with self._autocast():
                 result = self.method.training_step(s, t)
             for k, v in result.flat().items():
@@ -163,18 +181,8 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, dict]:
         """Evaluate the segmentor on every configured split; returns ``{split: metrics dict}``."""
-        results = {}
-        groups = self.cfg.eval.class_groups
-        for name, dcfg in self.cfg.data.eval.items():
-            ds = build_dataset(dcfg, train=False)
-            info = getattr(ds, "info")
-            loader = eval_loader(ds, self.cfg.eval.batch_size, self.info, self.cfg.data.num_workers)
-            cm = evaluate(self.method.segmentor, loader, info.num_classes, info.classes, self.cfg.eval.size,
-                          self.cfg.eval.flip, tuple(self.cfg.eval.scales), self.device, self.autocast_dtype)
-            subsets = {g: subset_indices(info.classes, cls) for g, cls in groups.items()}
-            results[name] = cm.as_dict(subsets)
-            results[name]["table"] = cm.to_markdown(f"{name} @ iteration {self.iteration}")
-        return results
+        return evaluate_splits(self.method.segmentor, self.cfg, self.info, self.device, self.autocast_dtype,
+                               f"@ iteration {self.iteration}")
 
     def _log(self, record: dict[str, Any], writer: Any = None) -> None:
         if not self.info.is_main:

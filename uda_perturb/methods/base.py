@@ -111,6 +111,11 @@ class UDAMethod(nn.Module):
             levels["aux"] = (out.aux_features, upsample(out.aux_logits, size))
         return levels
 
+    @property
+    def wants_target_batches(self) -> bool:
+        """Whether the trainer must hand over target batches: the method uses them, or an add-on does."""
+        return self.uses_target or any(getattr(a, "needs_target", False) for a in self.addons)
+
     def discriminator_view(self, features: torch.Tensor, up_logits: torch.Tensor) -> torch.Tensor:
         """What this method's discriminators look at (softmax, entropy map or features)."""
         return discriminator_input(self.discriminator_space, features, up_logits)

@@ -38,7 +38,7 @@ class SourceOnly(UDAMethod):
         if self.target_bn_stats and target is not None:
             with torch.no_grad():
                 self.segmentor.forward_all(target["image"])
-        if target is not None and any(getattr(a, "needs_target", False) for a in self.addons):
+        if target is not None and self.wants_target_batches:
             xt = target["image"]
             with frozen_state(self.segmentor, bn_mode="eval"):
                 state.target, state.target_size = self.segmentor.forward_all(xt), tuple(xt.shape[-2:])
