@@ -94,7 +94,7 @@ def test_apoda_adds_defense_terms_and_addon_stacks_on_advent():
     r = m.training_step(s, t)
     assert {"def_source", "def_target", "adv_main"} <= set(r.generator_losses)
     assert m.addons[0]._perturbers  # the addon attacked ADVENT's D in its entropy space
-    assert all(k[2] == "entropy" for k in m.addons[0]._perturbers)
+    assert all(k[1] == "entropy" for k in m.addons[0]._perturbers)
 
 
 def test_d_on_perturbed_trains_discriminator_on_perturbed_predictions():

@@ -41,7 +41,7 @@ class PerturbationAddon(nn.Module):
         self.perturber_kwargs = perturber
         self.source_defenses, self.target_defenses = list(source_defenses), list(target_defenses)
         Perturber(source_attacks, self.source_defenses, **perturber)  # validate settings at construction
-        self._perturbers: dict[tuple[str, bool, str], Perturber] = {}
+        self._perturbers: dict[tuple[str, str], Perturber] = {}
         # the last step's perturbed features and their logits, for ``d_on_perturbed``
         self._perturbed: dict[str, torch.Tensor] = {}
         self._adv_logits: dict[str, torch.Tensor] = {}
@@ -51,12 +51,11 @@ class PerturbationAddon(nn.Module):
         """Whether the method must forward target images for this add-on."""
         return self.lambda_target > 0
 
-    def _perturber(self, domain: str, with_d: bool, space: str) -> Perturber:
-        key = (domain, with_d, space)
+    def _perturber(self, domain: str, space: str) -> Perturber:
+        key = (domain, space)
         if key not in self._perturbers:
+            # attacks None: Perturber's default recipe (classifier, plus discriminator when one is passed)
             attacks = self.source_attacks if domain == "source" else self.target_attacks
-            if attacks is None:
-                attacks = ["classifier", "discriminator"] if with_d else ["classifier"]
             defenses = self.source_defenses if domain == "source" else self.target_defenses
             self._perturbers[key] = Perturber(attacks, defenses, discriminator_input=space, **self.perturber_kwargs)
         return self._perturbers[key]
@@ -73,7 +72,7 @@ class PerturbationAddon(nn.Module):
         for domain, out, labels, size, weight in sides:
             if weight <= 0:
                 continue
-            res = self._perturber(domain, disc is not None, space)(
+            res = self._perturber(domain, space)(
                 out.features, classifier, labels=labels, domain=domain, discriminator=disc,
                 clean_logits=out.logits, output_size=size)
             losses[f"def_{domain}"] = weight * res.loss
