@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from uda_perturb.bench import Run, aggregate, run_all
+from uda_perturb.bench import Run, mean_std, aggregate, run_all
 from uda_perturb.bench_compare import SETUPS
 
 BASE = {"ndf": 32}
@@ -53,7 +53,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", choices=sorted(SETUPS), default="camvid")
     ap.add_argument("--iters", type=int)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="adaptation seeds per variant")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--work-dir", default="runs/bench")
     ap.add_argument("--warm-start", help="segmentor.pt to start from (default: compare.py's plain warm start, "
@@ -81,33 +81,34 @@ def main() -> None:
             continue
         pert = dict(pert)
         method_opts = {**BASE, **pert.pop("_method", {}), "perturbation": pert}
-        runs.append(Run(name, common + ["method.name=apoda", f"method.options={to_yaml(method_opts)}",
-                                        f"model.weights={weights}", f"train.iters={iters}", "train.lr=0.0025",
-                                        f"data.batch_size={setup['batch']}"], work / f"v{i:02d}", args.seed))
+        for seed in args.seeds:
+            runs.append(Run(name, common + ["method.name=apoda", f"method.options={to_yaml(method_opts)}",
+                                            f"model.weights={weights}", f"train.iters={iters}", "train.lr=0.0025",
+                                            f"data.batch_size={setup['batch']}"], work / f"v{i:02d}_s{seed}", seed))
     run_all(setup["recipe"], runs, args.jobs, logs)
     agg = aggregate(runs)
     reference = aggregate([pre]) if pre is not None else {}
     t, s = setup["target"], setup["source"]
     best = max(agg, key=lambda k: agg[k][s]["miou"]["mean"])
-    rows = ["| variant | source-test mIoU (selection) | target mIoU | target tail mIoU | target head mIoU |",
-            "|---|---|---|---|---|"]
+    rows = ["| variant | seeds | source-test mIoU (selection) | source-test tail mIoU | target mIoU | target tail mIoU "
+            "| target head mIoU |", "|---|---|---|---|---|---|---|"]
     for name, a in agg.items():
         mark = " **(best on source)**" if name == best else ""
-        rows.append(f"| {name}{mark} | {a[s]['miou']['mean']:.1f} | {a[t]['miou']['mean']:.1f} | "
-                    f"{a[t]['miou_tail']['mean']:.1f} | {a[t]['miou_head']['mean']:.1f} |")
+        rows.append(f"| {name}{mark} | {a['seeds']} | {mean_std(a[s]['miou'])} | {mean_std(a[s]['miou_tail'])} | "
+                    f"{mean_std(a[t]['miou'])} | {mean_std(a[t]['miou_tail'])} | {mean_std(a[t]['miou_head'])} |")
     for name, a in reference.items():  # the source-only warm start every variant begins from
-        rows.append(f"| *{name} (source-only, before adaptation)* | {a[s]['miou']['mean']:.1f} | "
-                    f"{a[t]['miou']['mean']:.1f} | {a[t]['miou_tail']['mean']:.1f} | {a[t]['miou_head']['mean']:.1f} |")
+        rows.append(f"| *{name} (source-only, before adaptation)* | 1 | {mean_std(a[s]['miou'])} | {mean_std(a[s]['miou_tail'])} | "
+                    f"{mean_std(a[t]['miou'])} | {mean_std(a[t]['miou_tail'])} | {mean_std(a[t]['miou_head'])} |")
     import torchvision
 
     env = {"command": " ".join(["ablate.py", *sys.argv[1:]]), "torch": torch.__version__,
            "torchvision": torchvision.__version__, "python": platform.python_version(),
-           "machine": platform.machine(), "seed": args.seed, "iters": iters, "warm_start": str(weights),
+           "machine": platform.machine(), "seeds": args.seeds, "iters": iters, "warm_start": str(weights),
            "wall_seconds": round(time.time() - start), "date": time.strftime("%Y-%m-%d %H:%M")}
     md = [f"# APODA ablations on {args.dataset}", "",
           f"APODA (AdaptSegNet + perturbation defense), {iters} adaptation iterations from the shared source-only "
-          f"warm start, seed {args.seed}, one run per variant (differences of a point or two are within seed "
-          "noise; see compare results for the spread). Selection criterion: source-domain test mIoU "
+          f"warm start, seeds {args.seeds} per variant (mean ± std over seeds; see compare results for the "
+          "seed spread of the other methods). Selection criterion: source-domain test mIoU "
           f"({s}); target mIoU ({t}) is shown, not used.", "", *rows, "", "## Environment", "",
           *[f"- {k}: `{v}`" for k, v in env.items()]]
     out = Path(__file__).resolve().parent / "results"

@@ -92,3 +92,18 @@ def test_load_weights_from_local_file(tmp_path):
     torch.save({"other.weight": torch.zeros(1)}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="none of its 1 keys match"):
         up.build_backbone("lite", weights=str(tmp_path / "bad.pt"))
+
+
+def test_lite_output_stride_4_keeps_four_times_the_positions_and_rejects_others():
+    import pytest
+
+    from uda_perturb.registry import BACKBONES
+
+    x = torch.randn(1, 3, 64, 96)
+    os8, os4 = BACKBONES.build("lite", width=8), BACKBONES.build("lite", width=8, output_stride=4)
+    assert os8(x)["out"].shape[-2:] == (8, 12) and os4(x)["out"].shape[-2:] == (16, 24)
+    assert os4(x)["aux"].shape[-2:] == (16, 24) and os4.output_stride == 4
+    # same parameters, only strides and dilations differ
+    assert [p.shape for p in os8.parameters()] == [p.shape for p in os4.parameters()]
+    with pytest.raises(ValueError, match="output_stride must be 4 or 8"):
+        BACKBONES.build("lite", width=8, output_stride=16)

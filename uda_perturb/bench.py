@@ -107,9 +107,9 @@ def summary_table(agg: dict[str, dict], split: str, groups: Sequence[str], extra
     head += f" | {extra_split} miou |" if extra_split else " |"
     lines = [head, "|" + "---|" * (2 + len(cols) + (1 if extra_split else 0))]
     for label, a in agg.items():
-        cells = [_pm(a[split][c]) for c in cols]
+        cells = [mean_std(a[split][c]) for c in cols]
         if extra_split:
-            cells.append(_pm(a[extra_split]["miou"]))
+            cells.append(mean_std(a[extra_split]["miou"]))
         lines.append(f"| {label} | {a['seeds']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -119,11 +119,12 @@ def per_class_table(agg: dict[str, dict], split: str) -> str:
     classes = list(next(iter(agg.values()))[split]["iou"])
     lines = ["| method | " + " | ".join(classes) + " |", "|" + "---|" * (len(classes) + 1)]
     for label, a in agg.items():
-        lines.append(f"| {label} | " + " | ".join(_pm(a[split]["iou"][c], 1) for c in classes) + " |")
+        lines.append(f"| {label} | " + " | ".join(mean_std(a[split]["iou"][c], 1) for c in classes) + " |")
     return "\n".join(lines)
 
 
-def _pm(s: dict, digits: int = 1) -> str:
+def mean_std(s: dict, digits: int = 1) -> str:
+    """``"mean ± std"`` of one aggregated metric (just the mean for a single seed, ``-`` when undefined)."""
     if s["mean"] != s["mean"]:
         return "-"
     return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}" if s.get("n", 1) > 1 else f"{s['mean']:.{digits}f}"

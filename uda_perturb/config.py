@@ -91,6 +91,8 @@ class TrainConfig:
     checkpoint_every: int = 1000
     log_every: int = 10
     sync_bn: bool = False
+    # per-class weights of the supervised source CE: null, "median_frequency" (from the source labels), or a list
+    class_weights: Optional[Union[str, list[float]]] = None
 
 
 @dataclass
@@ -241,6 +243,11 @@ def build_config(data: dict) -> ExperimentConfig:
         raise ConfigError(f"config key 'train.precision' must be fp32, bf16 or fp16, got {cfg.train.precision!r}")
     if cfg.train.iters < 1 or cfg.train.accumulate < 1 or cfg.data.batch_size < 1:
         raise ConfigError("train.iters, train.accumulate and data.batch_size must be positive")
+    if isinstance(cfg.train.class_weights, str) and cfg.train.class_weights != "median_frequency":
+        close = difflib.get_close_matches(cfg.train.class_weights, ["median_frequency"], n=1, cutoff=0.5)
+        hint = " (did you mean 'median_frequency'?)" if close else ""
+        raise ConfigError(f"config key 'train.class_weights' must be null, median_frequency or a list of floats, "
+                          f"got {cfg.train.class_weights!r}{hint}")
     return cfg
 
 

@@ -18,15 +18,17 @@ def upsample(logits: torch.Tensor, size: tuple[int, int] | None, align_corners: 
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
 
 
-def seg_ce(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def seg_ce(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX,
+           weight: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy averaged over valid pixels; logits are upsampled to the label size first.
 
-    Returns 0 (with a graph) when every pixel is ignored, instead of NaN.
+    With per-class ``weight`` it is the weighted mean ``sum_i w_{y_i} CE_i / sum_i w_{y_i}`` (PyTorch's
+    convention). Returns 0 (with a graph) when every pixel is ignored, instead of NaN.
     """
     logits = upsample(logits, tuple(labels.shape[-2:]))
     if not bool((labels != ignore_index).any()):
         return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), labels.long(), ignore_index=ignore_index)
+    return F.cross_entropy(logits.float(), labels.long(), weight=weight, ignore_index=ignore_index)
 
 
 def self_information(logits: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..class_balance import resolve_class_weights
 from ..config import ExperimentConfig, dump_yaml, to_dict
 from ..methods import UDAMethod, build_method
 from ..metrics import subset_indices
@@ -106,12 +107,21 @@ class Trainer:
         self.method.backward = self._backward
         self.source = build_dataset(cfg.data.source, train=True)
         self.target = build_dataset(cfg.data.target, train=True)
+        self._set_class_weights()
         self.iteration = 0
         self._stop_signal: Optional[int] = None
         if resume and (self.run_dir / CHECKPOINT).is_file():
             self._restore(load_checkpoint(self.run_dir / CHECKPOINT, to_dict(cfg)))
         if self.info.is_main:
             (self.run_dir / "config.yaml").write_text(dump_yaml(cfg))
+
+    def _set_class_weights(self) -> None:
+        weights = resolve_class_weights(self.cfg.train.class_weights, self.source, self.method.num_classes)
+        self.method.set_class_weights(weights)
+        if weights is not None and self.info.is_main:
+            names = getattr(getattr(self.source, "info", None), "classes", None) or range(len(weights))
+            (self.run_dir / "class_weights.json").write_text(
+                json.dumps({str(n): round(float(w), 4) for n, w in zip(names, weights)}, indent=1))
 
     # ------------------------------------------------------------------ run folder and checkpoints
     def _prepare_run_dir(self, resume: bool, overwrite: bool) -> None:

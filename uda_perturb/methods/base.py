@@ -83,6 +83,8 @@ class UDAMethod(nn.Module):
         self.discriminators = nn.ModuleDict()
         self.addons = nn.ModuleList(addons)
         self.seg_aux_weight = seg_aux_weight
+        # per-class weights of the supervised source CE (None = plain CE); not saved: the config recreates them
+        self.register_buffer("class_weights", None, persistent=False)
         self.backward: Callable[[torch.Tensor], None] = lambda loss: loss.backward()
 
     # ------------------------------------------------------------------ helpers for subclasses
@@ -143,11 +145,22 @@ class UDAMethod(nn.Module):
             losses[f"d_{level}"] = 0.5 * bce_to(d(s_in), SOURCE_LABEL) + 0.5 * bce_to(d(t_in), TARGET_LABEL)
         return losses
 
+    def set_class_weights(self, weights: Optional[torch.Tensor]) -> None:
+        """Weight the supervised source CE per class (``None`` for plain CE). Attacks and defenses keep
+        unweighted losses: the weights rebalance what is learnt from labels, not how robustness is measured."""
+        if weights is not None:
+            if weights.dim() != 1 or weights.numel() != self.num_classes:
+                raise ValueError(f"class weights must be a vector of {self.num_classes}, got {tuple(weights.shape)}")
+            weights = weights.detach().float().to(next(self.segmentor.parameters()).device)
+        self.class_weights = weights
+
     def segmentation_loss(self, state: StepState) -> dict[str, torch.Tensor]:
-        """Source CE on the main head (+ ``seg_aux_weight`` x the aux head when multi-level)."""
-        losses = {"seg": seg_ce(state.source.logits, state.labels)}
+        """Source CE on the main head (+ ``seg_aux_weight`` x the aux head when multi-level), class-weighted
+        when :meth:`set_class_weights` was given weights."""
+        w = self.class_weights
+        losses = {"seg": seg_ce(state.source.logits, state.labels, weight=w)}
         if state.source.aux_logits is not None:
-            losses["seg_aux"] = self.seg_aux_weight * seg_ce(state.source.aux_logits, state.labels)
+            losses["seg_aux"] = self.seg_aux_weight * seg_ce(state.source.aux_logits, state.labels, weight=w)
         return losses
 
     # ------------------------------------------------------------------ the step template

@@ -174,22 +174,26 @@ class _ResBlock(nn.Module):
 
 
 class LiteResNet(Backbone):
-    """A small residual network for CPU runs: stem to stride 4, one stride-8 stage (``aux``), then two
-    dilated stride-8 stages (``out``). ``width`` sets the channels (width, 2w, 4w, 8w)."""
+    """A small residual network for CPU runs: stem to stride 4, one ``aux`` stage, then two dilated stages
+    (``out``). ``width`` sets the channels (width, 2w, 4w, 8w). ``output_stride`` 8 strides the aux stage;
+    4 keeps it at stride 4 and doubles every dilation instead (same receptive field, 4x the positions), which
+    is what thin objects such as poles need at low input resolution."""
 
-    def __init__(self, width: int = 32, bn: str = "train") -> None:
+    def __init__(self, width: int = 32, bn: str = "train", output_stride: int = 8) -> None:
         super().__init__()
+        if output_stride not in (4, 8):
+            raise ValueError(f"lite: output_stride must be 4 or 8, got {output_stride}")
         norm = _norm_layer(bn)
-        w = width
+        w, d = width, 8 // output_stride  # d: dilation multiplier that keeps the receptive field
         self.stem = nn.Sequential(
             nn.Conv2d(3, w, 3, 2, 1, bias=False), norm(w), nn.ReLU(inplace=True),
             nn.Conv2d(w, w, 3, 1, 1, bias=False), norm(w), nn.ReLU(inplace=True),
         )
-        self.stage1 = _ResBlock(w, w, 2, 1, norm)          # stride 4
-        self.stage2 = _ResBlock(w, 2 * w, 2, 1, norm)      # stride 8 (aux)
-        self.stage3 = _ResBlock(2 * w, 4 * w, 1, 2, norm)  # stride 8, dilated
-        self.stage4 = _ResBlock(4 * w, 8 * w, 1, 4, norm)  # stride 8, dilated
-        self.out_channels, self.aux_channels, self.output_stride = 8 * w, 2 * w, 8
+        self.stage1 = _ResBlock(w, w, 2, 1, norm)                    # stride 4
+        self.stage2 = _ResBlock(w, 2 * w, 2 // d, d, norm)           # stride 8 (or 4, dilated) -> aux
+        self.stage3 = _ResBlock(2 * w, 4 * w, 1, 2 * d, norm)
+        self.stage4 = _ResBlock(4 * w, 8 * w, 1, 4 * d, norm)
+        self.out_channels, self.aux_channels, self.output_stride = 8 * w, 2 * w, output_stride
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         aux = self.stage2(self.stage1(self.stem(x)))
@@ -197,6 +201,6 @@ class LiteResNet(Backbone):
 
 
 @BACKBONES.register("lite")
-def lite(width: int = 32, bn: str = "train", weights: Optional[str] = None) -> Backbone:
-    """The CPU-sized backbone (output stride 8), about 1.2M parameters at width 32."""
-    return _finish(LiteResNet(width, bn), bn, weights)
+def lite(width: int = 32, bn: str = "train", weights: Optional[str] = None, output_stride: int = 8) -> Backbone:
+    """The CPU-sized backbone (output stride 8 or 4), about 1.2M parameters at width 32."""
+    return _finish(LiteResNet(width, bn, output_stride), bn, weights)
