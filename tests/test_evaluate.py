@@ -28,3 +28,15 @@ def test_evaluate_restores_mode_and_upsamples_to_label_size():
     cm = evaluate(m, loader, 2, eval_size=(2, 3))
     assert int(cm.hist.sum()) == 2 * 8 * 12
     assert m.training
+
+
+def test_evaluate_accumulates_entropy_of_the_averaged_prediction():
+    from uda_perturb.metrics import EntropyMeter
+
+    m = Asymmetric()
+    x = torch.rand(1, 3, 4, 6)
+    meter = EntropyMeter()
+    evaluate(m, [{"image": x, "label": torch.zeros(1, 4, 6, dtype=torch.long)}], 2, flip=True, entropy=meter)
+    p = (m(x).softmax(1) + m(x.flip(-1)).softmax(1).flip(-1)) / 2  # flip views are averaged first
+    expected = float((-(p * p.log()).sum(1) / torch.log(torch.tensor(2.0))).mean())
+    assert abs(meter.mean() - expected) < 1e-6

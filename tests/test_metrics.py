@@ -50,3 +50,19 @@ def test_errors_and_reports():
     assert subset_indices(["a", "b", "c"], ["c", "a"]) == [2, 0]
     with pytest.raises(KeyError):
         subset_indices(["a"], ["z"])
+
+
+def test_entropy_meter_is_the_pixel_mean_of_normalised_entropy():
+    import math
+
+    from uda_perturb.metrics import EntropyMeter
+
+    m = EntropyMeter()
+    assert m.mean() != m.mean()  # NaN before data
+    uniform = torch.full((1, 4, 1, 2), 0.25)                  # entropy 1 at both pixels
+    onehot = torch.zeros(1, 4, 1, 2)
+    onehot[:, 0] = 1.0                                         # entropy 0 at both pixels
+    half = torch.tensor([0.5, 0.5, 0.0, 0.0]).view(1, 4, 1, 1)  # log 2 / log 4 = 0.5
+    for p in (uniform, onehot, half):
+        m.update(p)
+    assert math.isclose(m.mean(), (1 + 1 + 0 + 0 + 0.5) / 5, rel_tol=1e-9)

@@ -85,7 +85,8 @@ def aggregate(runs: Sequence[Run]) -> dict[str, dict]:
     for label, results in by_label.items():
         agg: dict[str, dict] = {"seeds": len(results)}
         for split in results[0]:
-            metrics = {k: [res[split][k] for res in results] for k in results[0][split] if k.startswith("miou")}
+            metrics = {k: [res[split].get(k) for res in results] for k in results[0][split]
+                       if k.startswith("miou") or k == "mean_entropy"}
             agg[split] = {k: _stats(v) for k, v in metrics.items()}
             agg[split]["iou"] = {c: _stats([res[split]["iou"][c] for res in results])
                                  for c in results[0][split]["iou"]}

@@ -3,6 +3,7 @@ accuracy, class-subset mIoU (SYNTHIA 16 / 13), accumulated over batches and over
 from __future__ import annotations
 
 import json
+import math
 from typing import Optional, Sequence
 
 import numpy as np
@@ -89,6 +90,34 @@ class ConfusionMatrix:
     def to_json(self) -> str:
         """:meth:`as_dict` as JSON text."""
         return json.dumps(self.as_dict(), indent=2)
+
+
+class EntropyMeter:
+    """Mean normalised prediction entropy (``-sum p log p / log K`` per pixel, averaged over pixels): a
+    label-free confidence measure on unlabelled target data (lower = more confident, not necessarily right)."""
+
+    def __init__(self) -> None:
+        self.total = torch.zeros(2, dtype=torch.float64)  # [sum of per-pixel entropies, pixel count]
+
+    def update(self, probs: torch.Tensor) -> None:
+        """Add ``B x K x H x W`` class probabilities."""
+        p = probs.detach().double().clamp_min(1e-12)
+        ent = -(p * p.log()).sum(1) / math.log(probs.shape[1])
+        self.total += torch.tensor([float(ent.sum()), float(ent.numel())], dtype=torch.float64)
+
+    def all_reduce(self) -> None:
+        """Sum over ranks when ``torch.distributed`` is initialised."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+            t = self.total.to(device)
+            dist.all_reduce(t)
+            self.total = t.cpu()
+
+    def mean(self) -> float:
+        """Mean entropy in [0, 1]; NaN before any update."""
+        return float(self.total[0] / self.total[1]) if self.total[1] > 0 else float("nan")
 
 
 def _pct(v: float) -> Optional[float]:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses import upsample
-from ..metrics import ConfusionMatrix
+from ..metrics import ConfusionMatrix, EntropyMeter
 
 
 @torch.no_grad()
@@ -39,9 +39,11 @@ def evaluate(model: nn.Module, loader: Iterable[dict], num_classes: int, class_n
              eval_size: Optional[Sequence[int]] = None, flip: bool = False, scales: Sequence[float] = (1.0,),
              device: torch.device | str = "cpu", autocast_dtype: Optional[torch.dtype] = None,
              progress: Optional[Callable[[Iterable], Iterable]] = None,
-             on_batch: Optional[Callable[[dict, torch.Tensor], None]] = None) -> ConfusionMatrix:
+             on_batch: Optional[Callable[[dict, torch.Tensor], None]] = None,
+             entropy: Optional[EntropyMeter] = None) -> ConfusionMatrix:
     """Accumulate a confusion matrix over ``loader`` (items with ``image`` and ``label``) in eval mode;
-    the model's train/eval mode is restored afterwards and the histogram is summed across DDP ranks."""
+    the model's train/eval mode is restored afterwards and the histogram is summed across DDP ranks.
+    ``entropy``, when given, also accumulates the mean prediction entropy (needs no labels)."""
     cm = ConfusionMatrix(num_classes, class_names)
     was_training = model.training
     model.eval()
@@ -53,10 +55,14 @@ def evaluate(model: nn.Module, loader: Iterable[dict], num_classes: int, class_n
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 scores = predict_logits(model, images, labels.shape[-2:], eval_size, flip, scales)
             pred = scores.argmax(1).cpu()
+            if entropy is not None:
+                entropy.update(scores / scores.sum(1, keepdim=True))  # flip/scale averages are sums
             cm.update(pred, labels)
             if on_batch is not None:
                 on_batch(batch, pred)
     finally:
         model.train(was_training)
     cm.all_reduce()
+    if entropy is not None:
+        entropy.all_reduce()
     return cm

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ..class_balance import resolve_class_weights
 from ..config import ExperimentConfig, dump_yaml, to_dict
 from ..methods import UDAMethod, build_method
-from ..metrics import subset_indices
+from ..metrics import EntropyMeter, subset_indices
 from ..models.segmentor import Segmentor, build_segmentor
 from ..models.weights import load_weights
 from .checkpoint import FORMAT, load_checkpoint, rng_state, save_atomic, set_rng_state
@@ -75,10 +75,12 @@ def evaluate_splits(segmentor: Segmentor, cfg: ExperimentConfig, info: DistInfo 
         ds = build_dataset(dcfg, train=False)
         ds_info = getattr(ds, "info")
         loader = eval_loader(ds, cfg.eval.batch_size, info, cfg.data.num_workers)
+        meter = EntropyMeter()
         cm = evaluate(segmentor, loader, ds_info.num_classes, ds_info.classes, cfg.eval.size, cfg.eval.flip,
-                      tuple(cfg.eval.scales), device, autocast_dtype)
+                      tuple(cfg.eval.scales), device, autocast_dtype, entropy=meter)
         subsets = {g: subset_indices(ds_info.classes, cls) for g, cls in cfg.eval.class_groups.items()}
         results[name] = cm.as_dict(subsets)
+        results[name]["mean_entropy"] = round(100.0 * meter.mean(), 2)  # label-free; percent of log K
         results[name]["table"] = cm.to_markdown(f"{name} {title}".strip())
     return results
 
