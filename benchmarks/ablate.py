@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from uda_perturb.bench import Run, mean_std, aggregate, run_all
+from uda_perturb.bench import Run, aggregate, mean_std, run_all, select_variant
 from uda_perturb.bench_compare import SETUPS
 
 BASE = {"ndf": 32}
@@ -51,14 +51,6 @@ def to_yaml(d: dict) -> str:
 
 def _entropy(a: dict, split: str) -> str:
     return mean_std(a[split]["mean_entropy"]) if "mean_entropy" in a[split] else "-"
-
-
-def select(agg: dict, source: str, target: str, tolerance: float) -> str:
-    """The variant chosen without target labels: best source-test mIoU, ties (within ``tolerance`` points)
-    broken by the lower mean entropy of predictions on the unlabelled target images."""
-    top = max(a[source]["miou"]["mean"] for a in agg.values())
-    close = [k for k, a in agg.items() if a[source]["miou"]["mean"] >= top - tolerance]
-    return min(close, key=lambda k: agg[k][target].get("mean_entropy", {"mean": 0.0})["mean"])
 
 
 def main() -> None:
@@ -103,7 +95,7 @@ def main() -> None:
     agg = aggregate(runs)
     reference = aggregate([pre]) if pre is not None else {}
     t, s = setup["target"], setup["source"]
-    best = select(agg, s, t, args.tolerance)
+    best = select_variant(agg, s, t, args.tolerance)
     rows = ["| variant | seeds | source-test mIoU (selection) | source-test tail mIoU | target entropy (label-free, "
             "tie-break) | target mIoU | target tail mIoU | target head mIoU |", "|---|---|---|---|---|---|---|---|"]
     for name, a in agg.items():

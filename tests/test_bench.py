@@ -27,3 +27,27 @@ def test_mean_std_over_seeds_and_tables(tmp_path):
     assert "| b | 1 | 30.0 | 5.0 | 50.0 |" in table
     assert "| a | 85.0 ± 5.0 | - |" in per_class_table(agg, "target")
     assert all(r.done() for r in runs)
+
+
+def test_variant_selection_uses_source_miou_then_target_entropy_never_target_miou():
+    from uda_perturb.bench import select_variant
+
+    def v(src, ent, tgt):
+        return {"src": {"miou": {"mean": src}}, "tgt": {"miou": {"mean": tgt}, "mean_entropy": {"mean": ent}}}
+
+    agg = {"best_src": v(40.0, 30.0, 10.0), "near_low_ent": v(39.7, 20.0, 12.0), "far": v(38.0, 5.0, 50.0)}
+    assert select_variant(agg, "src", "tgt", tolerance=0.5) == "near_low_ent"
+    assert select_variant(agg, "src", "tgt", tolerance=0.0) == "best_src"
+
+
+def test_aggregate_keeps_the_label_free_target_entropy(tmp_path):
+    runs = []
+    for seed, ent in ((0, 30.0), (1, 40.0)):
+        d = tmp_path / f"r{seed}"
+        d.mkdir()
+        res = {"t": {"iou": {"road": 1.0}, "miou": 1.0, "mean_entropy": ent, "pixel_accuracy": 5.0}}
+        (d / "results.json").write_text(json.dumps({"results": res}))
+        runs.append(Run("x", [], d, seed))
+    agg = aggregate(runs)
+    assert agg["x"]["t"]["mean_entropy"]["mean"] == pytest.approx(35.0)
+    assert "pixel_accuracy" not in agg["x"]["t"]

@@ -101,6 +101,15 @@ def _stats(values: Sequence[Optional[float]]) -> dict[str, float]:
             "n": int(len(v))}
 
 
+def select_variant(agg: dict[str, dict], source: str, target: str, tolerance: float = 0.5) -> str:
+    """The variant chosen without target labels: the best mean mIoU on the labelled ``source`` split; among
+    variants within ``tolerance`` points of it, the lowest mean prediction entropy on the unlabelled
+    ``target`` images (a variant without an entropy record counts as 0, i.e. it wins ties)."""
+    top = max(a[source]["miou"]["mean"] for a in agg.values())
+    close = [k for k, a in agg.items() if a[source]["miou"]["mean"] >= top - tolerance]
+    return min(close, key=lambda k: agg[k][target].get("mean_entropy", {"mean": 0.0})["mean"])
+
+
 def summary_table(agg: dict[str, dict], split: str, groups: Sequence[str], extra_split: Optional[str] = None) -> str:
     """Markdown: mean ± std per method of mIoU and class-group mIoUs on ``split`` (+ mIoU on ``extra_split``)."""
     cols = ["miou"] + [f"miou_{g}" for g in groups]
