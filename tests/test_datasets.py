@@ -152,3 +152,13 @@ def test_synthetic_is_deterministic_long_tailed_and_shifted():
     for tail in ("pole", "sign", "person"):
         assert 0 < share[idx[tail]] < 0.015
     assert pixel_counts is not None
+
+
+def test_median_frequency_weights_on_real_camvid_favour_the_tail(camvid_root):
+    from uda_perturb.class_balance import resolve_class_weights
+
+    day = up.DATASETS.build("camvid", root=str(camvid_root), split=["train", "val"], sequences=["0006R0", "0016E5"])
+    w = dict(zip(day.info.classes, resolve_class_weights("median_frequency", day, 11).tolist()))
+    # SegNet's published CamVid weights have the same ordering: rare thin classes >> 1 > sky, building, road
+    assert min(w["Pole"], w["Pedestrian"], w["SignSymbol"], w["Bicyclist"]) > 3.0
+    assert max(w["Road"], w["Building"], w["Sky"]) < 0.5
