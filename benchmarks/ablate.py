@@ -53,6 +53,45 @@ def _entropy(a: dict, split: str) -> str:
     return mean_std(a[split]["mean_entropy"]) if "mean_entropy" in a[split] else "-"
 
 
+def plot_eps_sweep(agg: dict, reference: dict, source: str, target: str, path: Path, title: str) -> Path | None:
+    """mIoU against eps (relative and absolute radii side by side); ``None`` without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    default = next((k for k in agg if k.startswith("default")), None)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for ax, mode in zip(axes, ("relative", "absolute")):
+        pts = {float(k.split()[1]): a for k, a in agg.items() if k.startswith("eps ") and k.endswith(mode)}
+        if mode == "relative" and default is not None:
+            pts[0.1] = agg[default]  # the default radius is 0.1 relative
+        xs = sorted(pts)
+        for split, style, label in ((source, "o-", f"{source} mIoU (selection)"),
+                                    (target, "s--", f"{target} mIoU (not used)")):
+            ys = [pts[x][split]["miou"]["mean"] for x in xs]
+            es = [pts[x][split]["miou"]["std"] for x in xs]
+            ax.errorbar(xs, ys, yerr=es, fmt=style, capsize=3, label=label)
+        for split, a in ((source, reference), (target, reference)):
+            for v in a.values():
+                ax.axhline(v[split]["miou"]["mean"], color="grey", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])
+        ax.minorticks_off()
+        ax.set_xlabel(f"eps ({mode}{', x feature norm' if mode == 'relative' else ''})")
+        ax.set_title(f"{title}: {mode} radius")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mIoU (%)")
+    axes[0].legend(fontsize=8)
+    fig.text(0.5, -0.02, "dotted: source-only warm start", ha="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", choices=sorted(SETUPS), default="camvid")
@@ -105,22 +144,29 @@ def main() -> None:
                     f"{mean_std(a[t]['miou_head'])} |")
     for name, a in reference.items():  # the source-only warm start every variant begins from
         rows.append(f"| *{name} (source-only, before adaptation)* | 1 | {mean_std(a[s]['miou'])} | "
-                    f"{mean_std(a[s]['miou_tail'])} | {_entropy(a, t)} | {mean_std(a[t]['miou'])} | {mean_std(a[t]['miou_tail'])} | {mean_std(a[t]['miou_head'])} |")
+                    f"{mean_std(a[s]['miou_tail'])} | {_entropy(a, t)} | {mean_std(a[t]['miou'])} | "
+                    f"{mean_std(a[t]['miou_tail'])} | {mean_std(a[t]['miou_head'])} |")
     import torchvision
 
+    compute = sum(json.loads((r.run_dir / "results.json").read_text()).get("train_seconds", 0.0) for r in runs)
     env = {"command": " ".join(["ablate.py", *sys.argv[1:]]), "torch": torch.__version__,
            "torchvision": torchvision.__version__, "python": platform.python_version(),
            "machine": platform.machine(), "seeds": args.seeds, "iters": iters, "warm_start": str(weights),
-           "wall_seconds": round(time.time() - start), "date": time.strftime("%Y-%m-%d %H:%M")}
+           "wall_seconds_this_invocation": round(time.time() - start), "jobs": args.jobs,
+           "train_seconds_all_runs": round(compute), "date": time.strftime("%Y-%m-%d %H:%M")}
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    png = plot_eps_sweep(agg, reference, s, t, out / f"ablate_{args.dataset}_eps.png", args.dataset)
     md = [f"# APODA ablations on {args.dataset}", "",
           f"APODA (AdaptSegNet + perturbation defense), {iters} adaptation iterations from the shared source-only "
           f"warm start, seeds {args.seeds} per variant (mean ± std over seeds; see compare results for the "
           "seed spread of the other methods). Selection, with no target label: the highest source-domain "
           f"test mIoU ({s}); among variants within {args.tolerance} points of it, the lowest mean prediction "
-          f"entropy on the unlabelled target ({t} images, labels unused). Target mIoU is shown, not used.", "", *rows, "", "## Environment", "",
-          *[f"- {k}: `{v}`" for k, v in env.items()]]
-    out = Path(__file__).resolve().parent / "results"
-    out.mkdir(exist_ok=True)
+          f"entropy on the unlabelled target ({t} images, labels unused). Target mIoU is shown, not used.", "",
+          *rows, ""]
+    if png:
+        md += [f"![eps sweep]({png.name})", ""]
+    md += ["## Environment", "", *[f"- {k}: `{v}`" for k, v in env.items()]]
     (out / f"ablate_{args.dataset}.md").write_text("\n".join(md) + "\n")
     (out / f"ablate_{args.dataset}.json").write_text(json.dumps({"environment": env, "results": agg,
                                                                 "warm_start": reference, "selected": best},
