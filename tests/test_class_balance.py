@@ -93,3 +93,21 @@ def test_method_segmentation_loss_uses_the_weights_and_trainer_records_them(tmp_
     with pytest.raises(ValueError, match="vector of"):
         trainer.method.set_class_weights(torch.ones(2))
     trainer.close()
+
+
+def test_apoda_source_defense_keeps_the_class_balance_of_the_seg_loss():
+    from uda_perturb.engine import build_model
+    from uda_perturb.methods import build_method
+
+    cfg = tiny_config("apoda")
+    torch.manual_seed(0)
+    method = build_method("apoda", build_model(cfg), [], {"ndf": 4, "perturbation": {"lambda_target": 0.0}})
+    w = torch.linspace(0.2, 3.0, cfg.model.num_classes)
+    method.set_class_weights(w)
+    x, xt = torch.randn(2, 3, 32, 48), torch.randn(2, 3, 32, 48)
+    y = torch.randint(0, cfg.model.num_classes, (2, 32, 48))
+    state = method.forward_domains({"image": x, "label": y}, {"image": xt})  # target side disabled
+    addon = method.addons[0]
+    losses, _ = addon(method, state)
+    expected = addon.lambda_source * seg_ce(addon._adv_logits["source"], y, weight=w)
+    assert torch.allclose(losses["def_source"].detach(), expected, rtol=1e-5)

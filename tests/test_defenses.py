@@ -21,6 +21,29 @@ def test_ce_matches_formula_with_ignore():
     assert build_defense("ce")(ctx_for(z, y), z).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+def test_ce_defense_uses_the_context_class_weights():
+    z = torch.randn(1, 3, 2, 2)
+    y = torch.tensor([[[0, 2], [255, 1]]])
+    w = torch.tensor([2.0, 0.5, 1.0])
+    logp = z.log_softmax(1)
+    expected = -(2.0 * logp[0, 0, 0, 0] + 1.0 * logp[0, 2, 0, 1] + 0.5 * logp[0, 1, 1, 1]) / 3.5
+    ctx = ObjectiveContext(classifier=lambda f: f, domain="source", clean_logits=z, labels=y, class_weights=w)
+    assert build_defense("ce")(ctx, z).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_perturb_and_defend_passes_class_weights_to_the_source_defense():
+    from uda_perturb import perturb_and_defend
+
+    torch.manual_seed(0)
+    head = torch.nn.Conv2d(4, 3, 1)
+    f = torch.randn(2, 4, 3, 3)
+    y = torch.randint(0, 3, (2, 3, 3))
+    w = torch.tensor([3.0, 1.0, 0.2])
+    out = perturb_and_defend(f, head, labels=y, attacks=["classifier"], defenses=["ce"], class_weights=w)
+    expected = torch.nn.functional.cross_entropy(head(out.perturbed), y, weight=w)
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_kl_matches_formula_and_is_zero_on_clean():
     clean, adv = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
     p, q = clean.softmax(1), adv.softmax(1)

@@ -23,13 +23,13 @@ class DefenseLoss(nn.Module):
 
 @DEFENSES.register("ce")
 class CrossEntropyDefense(DefenseLoss):
-    """``CE(F(f*), y)`` with the ground-truth labels (source)."""
+    """``CE(F(f*), y)`` with the ground-truth labels (source), class-weighted when ``ctx.class_weights`` is set."""
 
     needs_labels = True
 
     def forward(self, ctx: ObjectiveContext, adv_logits: torch.Tensor) -> torch.Tensor:
         assert ctx.labels is not None
-        return seg_ce(adv_logits, ctx.labels, ctx.ignore_index)
+        return seg_ce(adv_logits, ctx.labels, ctx.ignore_index, weight=ctx.class_weights)
 
 
 @DEFENSES.register("kl")

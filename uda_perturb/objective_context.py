@@ -18,6 +18,8 @@ class ObjectiveContext:
 
     ``clean_logits`` are the detached predictions on the unperturbed features at feature resolution;
     ``output_size`` (label size) is where pixel losses are computed; ``labels`` is ``None`` for target data.
+    ``class_weights`` (optional) are the weights the training uses for its supervised CE, so that the
+    ``ce`` defense on source labels keeps the same class balance.
     """
 
     classifier: Classifier
@@ -28,6 +30,7 @@ class ObjectiveContext:
     discriminator_input: str = "softmax"
     output_size: Optional[tuple[int, int]] = None
     ignore_index: int = IGNORE_INDEX
+    class_weights: Optional[torch.Tensor] = None  # per-class weights of label-based defense losses
 
     @property
     def pixel_size(self) -> tuple[int, int]:

@@ -231,7 +231,8 @@ class Perturber(nn.Module):
     def perturb(self, features: torch.Tensor, classifier: Classifier, *, labels: Optional[torch.Tensor] = None,
                 domain: str = "source", discriminator: Optional[nn.Module] = None,
                 clean_logits: Optional[torch.Tensor] = None, output_size: Optional[tuple[int, int]] = None,
-                measure: bool = False) -> tuple[torch.Tensor, PerturbStats, ObjectiveContext]:
+                measure: bool = False, class_weights: Optional[torch.Tensor] = None,
+                ) -> tuple[torch.Tensor, PerturbStats, ObjectiveContext]:
         """Return ``(f*, stats, ctx)``: the detached perturbed features and what the attack did.
 
         Gradients are taken with ``torch.autograd.grad`` with respect to the features only: no parameter
@@ -239,6 +240,8 @@ class Perturber(nn.Module):
         Pass ``clean_logits`` when the caller already has ``classifier(features)``; without them (and without
         a random start) the first attack step's forward pass provides them, so no pass is wasted.
         ``measure=True`` spends one more forward pass to fill ``stats.attack_loss_after``.
+        ``class_weights`` weight the label-based ``ce`` defense per class (attacks stay unweighted: an L2
+        step is normalised per position, so they only set directions).
         """
         attacks = self._attacks_for(discriminator)
         self._validate(features, labels, domain, discriminator, attacks, self._defenses_for(domain))
@@ -270,7 +273,8 @@ class Perturber(nn.Module):
                     if labels is not None:
                         self._check_label_values(labels, clean_logits.shape[1], self.ignore_index)
                     ctx = ObjectiveContext(classifier, domain, clean_logits.detach(), labels, discriminator,
-                                           self.discriminator_input, output_size, self.ignore_index)
+                                           self.discriminator_input, output_size, self.ignore_index,
+                                           class_weights)
                 loss = self._attack_loss(attacks, ctx, f, logits)
                 if step == 0:
                     loss_before = float(loss.detach())
@@ -295,12 +299,12 @@ class Perturber(nn.Module):
 
     def forward(self, features: torch.Tensor, classifier: Classifier, *, labels: Optional[torch.Tensor] = None,
                 domain: str = "source", discriminator: Optional[nn.Module] = None,
-                clean_logits: Optional[torch.Tensor] = None,
-                output_size: Optional[tuple[int, int]] = None) -> PerturbResult:
+                clean_logits: Optional[torch.Tensor] = None, output_size: Optional[tuple[int, int]] = None,
+                class_weights: Optional[torch.Tensor] = None) -> PerturbResult:
         """Perturb ``features`` and return the weighted defense loss on ``classifier(f*)``."""
         perturbed, stats, ctx = self.perturb(features, classifier, labels=labels, domain=domain,
                                              discriminator=discriminator, clean_logits=clean_logits,
-                                             output_size=output_size)
+                                             output_size=output_size, class_weights=class_weights)
         adv_logits = classifier(perturbed)
         if self.track_attack_loss:
             with torch.no_grad(), frozen_state(discriminator):  # attack loss at f*, from the defense's own pass
@@ -315,7 +319,8 @@ def perturb_and_defend(features: torch.Tensor, classifier: Classifier, *, labels
                        domain: str = "source", discriminator: Optional[nn.Module] = None,
                        attacks: Optional[ObjectiveSpec] = None, defenses: Optional[ObjectiveSpec] = None,
                        eps: float = 0.1, steps: int = 1, clean_logits: Optional[torch.Tensor] = None,
-                       output_size: Optional[tuple[int, int]] = None, **settings: Any) -> PerturbResult:
+                       output_size: Optional[tuple[int, int]] = None,
+                       class_weights: Optional[torch.Tensor] = None, **settings: Any) -> PerturbResult:
     """Perturb each position of ``features`` adversarially and return the classifier's defense loss.
 
     Example::
@@ -327,7 +332,8 @@ def perturb_and_defend(features: torch.Tensor, classifier: Classifier, *, labels
 
     Further keyword ``settings`` go to :class:`Perturber` (``alpha``, ``norm``, ``eps_mode``,
     ``random_start``, ``project``, ``bn_mode``, ``discriminator_input``, ``attack_weights``, ...).
+    ``class_weights`` weight the source ``ce`` defense per class, as the training's supervised CE does.
     """
     perturber = Perturber(attacks, defenses, eps=eps, steps=steps, **settings)
     return perturber(features, classifier, labels=labels, domain=domain, discriminator=discriminator,
-                     clean_logits=clean_logits, output_size=output_size)
+                     clean_logits=clean_logits, output_size=output_size, class_weights=class_weights)

@@ -66,6 +66,7 @@ class PerturbationAddon(nn.Module):
         classifier = method.segmentor.classifier
         losses, stats = {}, {}
         sides = [("source", state.source, state.labels, None, self.lambda_source)]
+        weights = {"source": method.class_weights}  # the source defense CE keeps the seg loss's class balance
         if state.target is not None:
             sides.append(("target", state.target, None, state.target_size, self.lambda_target))
         self._adv_logits, self._perturbed = {}, {}
@@ -74,7 +75,7 @@ class PerturbationAddon(nn.Module):
                 continue
             res = self._perturber(domain, space)(
                 out.features, classifier, labels=labels, domain=domain, discriminator=disc,
-                clean_logits=out.logits, output_size=size)
+                clean_logits=out.logits, output_size=size, class_weights=weights.get(domain))
             losses[f"def_{domain}"] = weight * res.loss
             stats[f"{domain}_norm"] = res.stats.mean_norm
             stats[f"{domain}_moved"] = res.stats.fraction_perturbed
