@@ -103,6 +103,7 @@ def main() -> None:
                                          "trained here if missing)")
     ap.add_argument("--tolerance", type=float, default=0.5,
                     help="source-test mIoU points within which the target entropy breaks the tie")
+    ap.add_argument("--name", help="results file stem (default ablate_<dataset>)")
     ap.add_argument("--only", nargs="*", help="substrings of variant names to run")
     args = ap.parse_args()
     setup = SETUPS[args.dataset]
@@ -156,7 +157,8 @@ def main() -> None:
            "train_seconds_all_runs": round(compute), "date": time.strftime("%Y-%m-%d %H:%M")}
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
-    png = plot_eps_sweep(agg, reference, s, t, out / f"ablate_{args.dataset}_eps.png", args.dataset)
+    name = args.name or f"ablate_{args.dataset}"
+    png = plot_eps_sweep(agg, reference, s, t, out / f"{name}_eps.png", args.dataset)
     md = [f"# APODA ablations on {args.dataset}", "",
           f"APODA (AdaptSegNet + perturbation defense), {iters} adaptation iterations from the shared source-only "
           f"warm start, seeds {args.seeds} per variant (mean ± std over seeds; see compare results for the "
@@ -167,8 +169,8 @@ def main() -> None:
     if png:
         md += [f"![eps sweep]({png.name})", ""]
     md += ["## Environment", "", *[f"- {k}: `{v}`" for k, v in env.items()]]
-    (out / f"ablate_{args.dataset}.md").write_text("\n".join(md) + "\n")
-    (out / f"ablate_{args.dataset}.json").write_text(json.dumps({"environment": env, "results": agg,
+    (out / f"{name}.md").write_text("\n".join(md) + "\n")
+    (out / f"{name}.json").write_text(json.dumps({"environment": env, "results": agg,
                                                                 "warm_start": reference, "selected": best},
                                                                indent=2))
     print("\n".join(md))
