@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from uda_perturb.bench import Run, aggregate, mean_std, run_all, select_variant
+from uda_perturb.bench import Run, aggregate, mean_std, run_all, select_variant, train_seconds
 from uda_perturb.bench_compare import SETUPS
 
 BASE = {"ndf": 32}
@@ -149,12 +149,11 @@ def main() -> None:
                     f"{mean_std(a[t]['miou_tail'])} | {mean_std(a[t]['miou_head'])} |")
     import torchvision
 
-    compute = sum(json.loads((r.run_dir / "results.json").read_text()).get("train_seconds", 0.0) for r in runs)
     env = {"command": " ".join(["ablate.py", *sys.argv[1:]]), "torch": torch.__version__,
            "torchvision": torchvision.__version__, "python": platform.python_version(),
            "machine": platform.machine(), "seeds": args.seeds, "iters": iters, "warm_start": str(weights),
            "wall_seconds_this_invocation": round(time.time() - start), "jobs": args.jobs,
-           "train_seconds_all_runs": round(compute), "date": time.strftime("%Y-%m-%d %H:%M")}
+           "train_seconds_all_runs": round(train_seconds(runs)), "date": time.strftime("%Y-%m-%d %H:%M")}
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
     name = args.name or f"ablate_{args.dataset}"
@@ -171,8 +170,7 @@ def main() -> None:
     md += ["## Environment", "", *[f"- {k}: `{v}`" for k, v in env.items()]]
     (out / f"{name}.md").write_text("\n".join(md) + "\n")
     (out / f"{name}.json").write_text(json.dumps({"environment": env, "results": agg,
-                                                                "warm_start": reference, "selected": best},
-                                                               indent=2))
+                                                 "warm_start": reference, "selected": best}, indent=2))
     print("\n".join(md))
 
 

@@ -76,6 +76,11 @@ def load_results(run: Run) -> dict:
     return json.loads((run.run_dir / "results.json").read_text())["results"]
 
 
+def train_seconds(runs: Sequence[Run]) -> float:
+    """Training compute of finished runs: the sum of their ``train_seconds`` records."""
+    return sum(json.loads((r.run_dir / "results.json").read_text()).get("train_seconds", 0.0) for r in runs)
+
+
 def aggregate(runs: Sequence[Run]) -> dict[str, dict]:
     """``{label: {split: {metric: (mean, std, n)}, "iou": {split: {class: (mean, std)}}}}`` over seeds."""
     by_label: dict[str, list[dict]] = {}

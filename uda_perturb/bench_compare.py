@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .bench import Run, aggregate, per_class_table, photometric, plot, run_all, summary_table
+from .bench import Run, aggregate, per_class_table, photometric, plot, run_all, summary_table, train_seconds
 
 D = "ndf: 32"
 METHODS = {
@@ -91,8 +91,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     wall = time.time() - start
     everything = list(pretrain.values()) + runs
     agg = aggregate(everything)
-    compute = sum(json.loads((r.run_dir / "results.json").read_text()).get("train_seconds", 0.0) for r in everything)
-    report(args, setup, agg, name, pre_iters, iters, seeds, wall, compute)
+    report(args, setup, agg, name, pre_iters, iters, seeds, wall, train_seconds(everything))
     return 0
 
 

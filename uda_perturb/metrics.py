@@ -12,6 +12,19 @@ import torch
 from .losses import IGNORE_INDEX
 
 
+def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over all ranks (on the backend's device, returned on CPU) when ``torch.distributed`` is
+    initialised; ``t`` itself otherwise."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return t
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = t.to(device)
+    dist.all_reduce(t)
+    return t.cpu()
+
+
 class ConfusionMatrix:
     """Accumulates ``hist[gt, pred]`` over every pixel whose ground truth is in ``[0, num_classes)``
     (so the ignore index drops out), exactly as AdaptSegNet/ADVENT's ``fast_hist``."""
@@ -43,13 +56,7 @@ class ConfusionMatrix:
 
     def all_reduce(self) -> None:
         """Sum the histogram over ranks when ``torch.distributed`` is initialised."""
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-            h = self.hist.to(device)
-            dist.all_reduce(h)
-            self.hist = h.cpu()
+        self.hist = sum_over_ranks(self.hist)
 
     def iou(self) -> np.ndarray:
         """Per-class IoU; NaN for a class absent from both ground truth and prediction."""
@@ -107,13 +114,7 @@ class EntropyMeter:
 
     def all_reduce(self) -> None:
         """Sum over ranks when ``torch.distributed`` is initialised."""
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-            t = self.total.to(device)
-            dist.all_reduce(t)
-            self.total = t.cpu()
+        self.total = sum_over_ranks(self.total)
 
     def mean(self) -> float:
         """Mean entropy in [0, 1]; NaN before any update."""

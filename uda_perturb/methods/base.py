@@ -146,8 +146,8 @@ class UDAMethod(nn.Module):
         return losses
 
     def set_class_weights(self, weights: Optional[torch.Tensor]) -> None:
-        """Weight the supervised source CE per class (``None`` for plain CE). Attacks and defenses keep
-        unweighted losses: the weights rebalance what is learnt from labels, not how robustness is measured."""
+        """Weight the supervised source CE per class (``None`` for plain CE). The perturbation add-on passes
+        the same weights to its label-based ``ce`` defense; attacks and the other defenses stay unweighted."""
         if weights is not None:
             if weights.dim() != 1 or weights.numel() != self.num_classes:
                 raise ValueError(f"class weights must be a vector of {self.num_classes}, got {tuple(weights.shape)}")
