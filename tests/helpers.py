@@ -14,7 +14,12 @@ def tiny_config(method="source_only", *extra):
     return load_config("synthetic_demo", TINY + [f"method.name={method}", *extra])
 
 
-def ddp_worker(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> None:
+def method_options(method: str) -> str:
+    """Small discriminators for the adversarial methods; the others take no options here."""
+    return "method.options={ndf: 4}" if method in ("apoda", "adaptsegnet", "advent") else "method.options={}"
+
+
+def ddp_worker(rank: int, world: int, port: int, run_dir: str, out_dir: str, method: str = "apoda") -> None:
     """One rank of a 2-process gloo job: train 2 iterations, save its final weights and eval results."""
     import json
     import os
@@ -27,7 +32,7 @@ def ddp_worker(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> 
                        "RANK": str(rank), "LOCAL_RANK": str(rank)})
     torch.set_num_threads(1)
     evals = "data.eval={t: {name: synthetic, split: test, options: {domain: target, size: [32, 48], length: 5}}}"
-    cfg = tiny_config("apoda", "train.iters=2", "method.options={ndf: 4}", "device=cpu", evals)
+    cfg = tiny_config(method, "train.iters=2", method_options(method), "device=cpu", evals)
     trainer = Trainer(cfg, run_dir, progress=False)
     results = trainer.fit()
     torch.save(trainer.method.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
@@ -36,13 +41,13 @@ def ddp_worker(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> 
     trainer.close()
 
 
-def ddp_init_state():
+def ddp_init_state(method: str = "apoda"):
     """The weights the DDP job starts from (built with the same seed in this process)."""
     import torch
 
     from uda_perturb.engine import build_model
     from uda_perturb.methods import build_method
 
-    cfg = tiny_config("apoda", "train.iters=2", "method.options={ndf: 4}")
+    cfg = tiny_config(method, "train.iters=2", method_options(method))
     torch.manual_seed(cfg.seed)
-    return build_method("apoda", build_model(cfg), [], {"ndf": 4}).state_dict()
+    return build_method(method, build_model(cfg), [], cfg.method.options).state_dict()

@@ -3,6 +3,7 @@ evaluation histogram is summed across ranks (each rank scores a disjoint share).
 import json
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -15,14 +16,17 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_two_process_gloo_training_keeps_ranks_identical(tmp_path):
-    mp.spawn(ddp_worker, args=(2, free_port(), str(tmp_path / "run"), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("method", ["apoda", "dacs"])
+def test_two_process_gloo_training_keeps_ranks_identical(tmp_path, method):
+    mp.spawn(ddp_worker, args=(2, free_port(), str(tmp_path / "run"), str(tmp_path), method), nprocs=2, join=True)
     a = torch.load(tmp_path / "rank0.pt", weights_only=True)
     b = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for k in a:  # weights through averaged gradients, BN statistics through rank 0's broadcast
         assert torch.equal(a[k], b[k]), f"{k} differs across ranks"
-    init = ddp_init_state()
+    init = ddp_init_state(method)
     assert not torch.equal(a["segmentor.head.conv.weight"], init["segmentor.head.conv.weight"])
+    if method == "dacs":  # the EMA teacher ran on the synchronised weights: identical on both ranks, and moved
+        assert not torch.equal(a["teacher.model.head.conv.weight"], init["teacher.model.head.conv.weight"])
     ra = json.loads((tmp_path / "rank0.json").read_text())
     rb = json.loads((tmp_path / "rank1.json").read_text())
     assert ra == rb and ra["t"]["miou"] is not None

@@ -131,3 +131,15 @@ def test_trainer_hands_target_batches_to_the_target_bn_control(tmp_path):
     control.fit()
     key = "segmentor.backbone.stem.1.running_mean"
     assert not torch.equal(plain.method.state_dict()[key], control.method.state_dict()[key])
+
+
+def test_channels_last_training_gives_the_same_weights(tmp_path):
+    runs = {}
+    for cl in (False, True):
+        t = Trainer(tiny_config("adaptsegnet", "train.iters=2", "method.options={ndf: 4}",
+                                f"train.channels_last={str(cl).lower()}"), tmp_path / str(cl), progress=False)
+        t.fit()
+        runs[cl] = final_state(t)
+    assert runs[True]["segmentor.backbone.stem.0.weight"].is_contiguous(memory_format=torch.channels_last)
+    for k, v in runs[False].items():
+        torch.testing.assert_close(runs[True][k], v, atol=1e-5, rtol=1e-4, msg=f"{k} differs under channels_last")

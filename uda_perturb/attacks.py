@@ -66,3 +66,46 @@ class DiscriminatorAttack(AttackObjective):
         d_in = discriminator_input(ctx.discriminator_input, features, upsample(logits, ctx.pixel_size))
         label = SOURCE_LABEL if ctx.domain == "source" else TARGET_LABEL
         return bce_to(ctx.discriminator(d_in), label)
+
+
+class PerturbationControl(AttackObjective):
+    """Base of the gradient-free controls: they displace the features directly (no gradient pass), so that a
+    run with a control in place of the attacks tells what the *adversarial* direction adds over any
+    perturbation. ``displacement(features, radius, norm)`` returns ``f* - f``; the objective value is 0."""
+
+    gradient_free = True
+
+    def displacement(self, features: torch.Tensor, radius: torch.Tensor, norm: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, ctx: ObjectiveContext, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return logits.sum() * 0.0
+
+
+@ATTACKS.register("random")
+class RandomControl(PerturbationControl):
+    """A uniformly random direction at each position with exactly the radius the attack would use there
+    (L2: a random unit vector over channels times the radius; Linf: a random sign per channel times it)."""
+
+    def displacement(self, features: torch.Tensor, radius: torch.Tensor, norm: str) -> torch.Tensor:
+        d = torch.randn(features.shape, device=features.device, dtype=torch.float32)
+        if norm == "linf":
+            return d.sign() * radius
+        return d / d.norm(dim=1, keepdim=True).clamp_min(1e-12) * radius
+
+
+@ATTACKS.register("dropout")
+class DropoutControl(PerturbationControl):
+    """Channel dropout of the features (UniMatch's feature perturbation): each channel of each image is zeroed
+    with probability ``rate`` and the rest scaled by ``1 / (1 - rate)``; the radius does not apply."""
+
+    def __init__(self, rate: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 < rate < 1.0:
+            raise ValueError(f"dropout rate must be in (0, 1), got {rate}")
+        self.rate = rate
+
+    def displacement(self, features: torch.Tensor, radius: torch.Tensor, norm: str) -> torch.Tensor:
+        f = features.float()
+        keep = (torch.rand((f.shape[0], f.shape[1], 1, 1), device=f.device) >= self.rate).float()
+        return f * keep / (1.0 - self.rate) - f

@@ -12,6 +12,7 @@ from typing import Any, Optional, Union
 import yaml
 
 PACKAGED = Path(__file__).resolve().parent / "configs"
+OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclass
@@ -39,6 +40,15 @@ class DatasetConfig:
 
 
 @dataclass
+class RareClassSamplingConfig:
+    """DAFormer's rare-class sampling of source images (temperature, min pixels per image, crop ratio)."""
+
+    temperature: float = 0.01
+    min_pixels: int = 3000
+    min_crop_ratio: float = 0.5
+
+
+@dataclass
 class DataConfig:
     """Labelled source, unlabelled target, and named evaluation splits (the target test split is set here,
     never hard-coded)."""
@@ -48,6 +58,7 @@ class DataConfig:
     eval: dict[str, DatasetConfig] = field(default_factory=dict)
     batch_size: int = 1
     num_workers: int = 0
+    rare_class_sampling: Optional[RareClassSamplingConfig] = None
 
 
 @dataclass
@@ -74,9 +85,11 @@ class MethodConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation (AdaptSegNet/ADVENT defaults): SGD + poly for G (heads ``head_lr_mult`` x), Adam for D."""
+    """Optimisation (AdaptSegNet/ADVENT defaults): SGD + poly for G (heads ``head_lr_mult`` x), Adam for D.
+    ``optimizer: adamw`` (as DAFormer; pretrained backbones converge faster with it) replaces SGD for G."""
 
     iters: int = 1000
+    optimizer: str = "sgd"
     stop_at: Optional[int] = None
     lr: float = 2.5e-4
     momentum: float = 0.9
@@ -91,6 +104,9 @@ class TrainConfig:
     checkpoint_every: int = 1000
     log_every: int = 10
     sync_bn: bool = False
+    # channels-last tensors for the model and the training images: on CPU, depthwise and dilated convolutions
+    # (EfficientNet) train about 2.5x faster this way; the values are the same
+    channels_last: bool = False
     # per-class weights of the supervised source CE: null, "median_frequency" (from the source labels), or a list
     class_weights: Optional[Union[str, list[float]]] = None
 
@@ -241,6 +257,11 @@ def build_config(data: dict) -> ExperimentConfig:
     cfg = _from_dict(ExperimentConfig, data)
     if cfg.train.precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"config key 'train.precision' must be fp32, bf16 or fp16, got {cfg.train.precision!r}")
+    if cfg.train.optimizer not in OPTIMIZERS:
+        close = difflib.get_close_matches(cfg.train.optimizer, OPTIMIZERS, n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"config key 'train.optimizer' must be one of {', '.join(OPTIMIZERS)}, "
+                          f"got {cfg.train.optimizer!r}{hint}")
     if cfg.train.iters < 1 or cfg.train.accumulate < 1 or cfg.data.batch_size < 1:
         raise ConfigError("train.iters, train.accumulate and data.batch_size must be positive")
     if isinstance(cfg.train.class_weights, str) and cfg.train.class_weights != "median_frequency":

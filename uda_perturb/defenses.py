@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .losses import entropy_loss, kl_div, seg_ce, upsample
+from .losses import entropy_loss, kl_div, pixel_weighted_ce, seg_ce, upsample
 from .objective_context import ObjectiveContext
 from .registry import DEFENSES
 
@@ -23,12 +23,16 @@ class DefenseLoss(nn.Module):
 
 @DEFENSES.register("ce")
 class CrossEntropyDefense(DefenseLoss):
-    """``CE(F(f*), y)`` with the ground-truth labels (source), class-weighted when ``ctx.class_weights`` is set."""
+    """``CE(F(f*), y)`` with the labels (source, or self-training's mixed labels), class-weighted when
+    ``ctx.class_weights`` is set; with ``ctx.pixel_weights`` it is the pixel-weighted loss of self-training
+    (:func:`~uda_perturb.losses.pixel_weighted_ce`), so the defense weighs pseudo-labels as the method does."""
 
     needs_labels = True
 
     def forward(self, ctx: ObjectiveContext, adv_logits: torch.Tensor) -> torch.Tensor:
         assert ctx.labels is not None
+        if ctx.pixel_weights is not None:
+            return pixel_weighted_ce(adv_logits, ctx.labels, ctx.pixel_weights, ctx.ignore_index, ctx.class_weights)
         return seg_ce(adv_logits, ctx.labels, ctx.ignore_index, weight=ctx.class_weights)
 
 

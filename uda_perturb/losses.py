@@ -31,6 +31,19 @@ def seg_ce(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNOR
     return F.cross_entropy(logits.float(), labels.long(), weight=weight, ignore_index=ignore_index)
 
 
+def pixel_weighted_ce(logits: torch.Tensor, labels: torch.Tensor, pixel_weights: torch.Tensor,
+                      ignore_index: int = IGNORE_INDEX, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``mean over all B x H x W pixels of pixel_weights * w_y * CE`` (ignored pixels contribute 0), the
+    self-training loss of DACS/DAFormer (mmseg's per-pixel ``seg_weight`` with mean reduction); ``w_y`` are
+    optional per-class weights. Logits are upsampled to the label size first."""
+    logits = upsample(logits, tuple(labels.shape[-2:]))
+    ce = F.cross_entropy(logits.float(), labels.long(), ignore_index=ignore_index, reduction="none")
+    w = pixel_weights.float()
+    if weight is not None:
+        w = w * weight[labels.clamp(0, weight.numel() - 1).long()] * (labels != ignore_index)
+    return (ce * w).mean()
+
+
 def self_information(logits: torch.Tensor) -> torch.Tensor:
     """ADVENT's weighted self-information map ``-P log P / log C`` (same shape as ``logits``)."""
     log_p = F.log_softmax(logits.float(), dim=1)

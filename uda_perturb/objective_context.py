@@ -19,7 +19,8 @@ class ObjectiveContext:
     ``clean_logits`` are the detached predictions on the unperturbed features at feature resolution;
     ``output_size`` (label size) is where pixel losses are computed; ``labels`` is ``None`` for target data.
     ``class_weights`` (optional) are the weights the training uses for its supervised CE, so that the
-    ``ce`` defense on source labels keeps the same class balance.
+    ``ce`` defense on source labels keeps the same class balance. ``pixel_weights`` (optional, with labels)
+    weight each label pixel, as self-training does for pseudo-labels.
     """
 
     classifier: Classifier
@@ -31,6 +32,7 @@ class ObjectiveContext:
     output_size: Optional[tuple[int, int]] = None
     ignore_index: int = IGNORE_INDEX
     class_weights: Optional[torch.Tensor] = None  # per-class weights of label-based defense losses
+    pixel_weights: Optional[torch.Tensor] = None  # B x H x W weights of the labels (self-training's mixed labels)
 
     @property
     def pixel_size(self) -> tuple[int, int]:

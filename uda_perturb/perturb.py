@@ -205,6 +205,10 @@ class Perturber(nn.Module):
                 raise ValueError(f"labels must be B x H x W with B={features.shape[0]}, got {tuple(labels.shape)}")
             if labels.is_floating_point():
                 raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+        controls = [t.name for t in attacks if getattr(t.module, "gradient_free", False)]
+        if controls and len(attacks) > 1:
+            raise ValueError(f"control perturbation {controls[0]!r} replaces the attacks: use it alone, not with "
+                             f"{[t.name for t in attacks if t.name not in controls]}")
         for t in attacks:
             if getattr(t.module, "needs_discriminator", False) and discriminator is None:
                 raise ValueError(f"attack {t.name!r} needs a discriminator: pass discriminator=...")
@@ -232,6 +236,7 @@ class Perturber(nn.Module):
                 domain: str = "source", discriminator: Optional[nn.Module] = None,
                 clean_logits: Optional[torch.Tensor] = None, output_size: Optional[tuple[int, int]] = None,
                 measure: bool = False, class_weights: Optional[torch.Tensor] = None,
+                pixel_weights: Optional[torch.Tensor] = None,
                 ) -> tuple[torch.Tensor, PerturbStats, ObjectiveContext]:
         """Return ``(f*, stats, ctx)``: the detached perturbed features and what the attack did.
 
@@ -241,11 +246,17 @@ class Perturber(nn.Module):
         a random start) the first attack step's forward pass provides them, so no pass is wasted.
         ``measure=True`` spends one more forward pass to fill ``stats.attack_loss_after``.
         ``class_weights`` weight the label-based ``ce`` defense per class (attacks stay unweighted: an L2
-        step is normalised per position, so they only set directions).
+        step is normalised per position, so they only set directions); ``pixel_weights`` (``B x H x W``) weight
+        its label pixels, as self-training weighs pseudo-labels.
+        A gradient-free control (``random``, ``dropout``) in place of the attacks displaces the features
+        directly: no gradient pass, the same radius.
         """
         attacks = self._attacks_for(discriminator)
         self._validate(features, labels, domain, discriminator, attacks, self._defenses_for(domain))
         f0 = features.detach()
+        if getattr(attacks[0].module, "gradient_free", False):
+            return self._control(attacks[0], f0, classifier, labels, domain, discriminator, clean_logits,
+                                 output_size, class_weights, pixel_weights)
         modules = [m for m in (classifier, discriminator) if isinstance(m, nn.Module)]
         with frozen_state(*modules, bn_mode=self.bn_mode), torch.enable_grad():
             radius = self._radius(f0, self.eps)
@@ -274,7 +285,7 @@ class Perturber(nn.Module):
                         self._check_label_values(labels, clean_logits.shape[1], self.ignore_index)
                     ctx = ObjectiveContext(classifier, domain, clean_logits.detach(), labels, discriminator,
                                            self.discriminator_input, output_size, self.ignore_index,
-                                           class_weights)
+                                           class_weights, pixel_weights)
                 loss = self._attack_loss(attacks, ctx, f, logits)
                 if step == 0:
                     loss_before = float(loss.detach())
@@ -297,14 +308,37 @@ class Perturber(nn.Module):
         assert ctx is not None
         return perturbed, stats, ctx
 
+    def _control(self, term: _Term, f0: torch.Tensor, classifier: Classifier, labels: Optional[torch.Tensor],
+                 domain: str, discriminator: Optional[nn.Module], clean_logits: Optional[torch.Tensor],
+                 output_size: Optional[tuple[int, int]], class_weights: Optional[torch.Tensor],
+                 pixel_weights: Optional[torch.Tensor]) -> tuple[torch.Tensor, PerturbStats, ObjectiveContext]:
+        """f* of a gradient-free control: one displacement at the attack's radius, no backward pass."""
+        if clean_logits is None:
+            modules = [m for m in (classifier,) if isinstance(m, nn.Module)]
+            with torch.no_grad(), frozen_state(*modules, bn_mode=self.bn_mode):
+                clean_logits = classifier(f0)
+        if labels is not None:
+            self._check_label_values(labels, clean_logits.shape[1], self.ignore_index)
+        ctx = ObjectiveContext(classifier, domain, clean_logits.detach(), labels, discriminator,
+                               self.discriminator_input, output_size, self.ignore_index, class_weights, pixel_weights)
+        with torch.no_grad():
+            delta = term.module.displacement(f0.float(), self._radius(f0, self.eps), self.norm)  # type: ignore
+        norms = _position_norm(delta)
+        perturbed = (f0.float() + delta).to(f0.dtype).contiguous().detach()
+        stats = PerturbStats(float(norms.mean()), float(norms.max()), float((norms / (_position_norm(f0) + _TINY)).mean()),
+                             float((norms > 0).float().mean()), 0.0, None)
+        return perturbed, stats, ctx
+
     def forward(self, features: torch.Tensor, classifier: Classifier, *, labels: Optional[torch.Tensor] = None,
                 domain: str = "source", discriminator: Optional[nn.Module] = None,
                 clean_logits: Optional[torch.Tensor] = None, output_size: Optional[tuple[int, int]] = None,
-                class_weights: Optional[torch.Tensor] = None) -> PerturbResult:
+                class_weights: Optional[torch.Tensor] = None,
+                pixel_weights: Optional[torch.Tensor] = None) -> PerturbResult:
         """Perturb ``features`` and return the weighted defense loss on ``classifier(f*)``."""
         perturbed, stats, ctx = self.perturb(features, classifier, labels=labels, domain=domain,
                                              discriminator=discriminator, clean_logits=clean_logits,
-                                             output_size=output_size, class_weights=class_weights)
+                                             output_size=output_size, class_weights=class_weights,
+                                             pixel_weights=pixel_weights)
         adv_logits = classifier(perturbed)
         if self.track_attack_loss:
             with torch.no_grad(), frozen_state(discriminator):  # attack loss at f*, from the defense's own pass
@@ -320,7 +354,8 @@ def perturb_and_defend(features: torch.Tensor, classifier: Classifier, *, labels
                        attacks: Optional[ObjectiveSpec] = None, defenses: Optional[ObjectiveSpec] = None,
                        eps: float = 0.1, steps: int = 1, clean_logits: Optional[torch.Tensor] = None,
                        output_size: Optional[tuple[int, int]] = None,
-                       class_weights: Optional[torch.Tensor] = None, **settings: Any) -> PerturbResult:
+                       class_weights: Optional[torch.Tensor] = None, pixel_weights: Optional[torch.Tensor] = None,
+                       **settings: Any) -> PerturbResult:
     """Perturb each position of ``features`` adversarially and return the classifier's defense loss.
 
     Example::
@@ -332,8 +367,11 @@ def perturb_and_defend(features: torch.Tensor, classifier: Classifier, *, labels
 
     Further keyword ``settings`` go to :class:`Perturber` (``alpha``, ``norm``, ``eps_mode``,
     ``random_start``, ``project``, ``bn_mode``, ``discriminator_input``, ``attack_weights``, ...).
-    ``class_weights`` weight the source ``ce`` defense per class, as the training's supervised CE does.
+    ``class_weights`` weight the source ``ce`` defense per class, as the training's supervised CE does;
+    ``pixel_weights`` weight its label pixels (self-training's mixed labels). ``attacks="random"`` or
+    ``"dropout"`` runs a gradient-free control instead of an attack, at the same radius.
     """
     perturber = Perturber(attacks, defenses, eps=eps, steps=steps, **settings)
     return perturber(features, classifier, labels=labels, domain=domain, discriminator=discriminator,
-                     clean_logits=clean_logits, output_size=output_size, class_weights=class_weights)
+                     clean_logits=clean_logits, output_size=output_size, class_weights=class_weights,
+                     pixel_weights=pixel_weights)

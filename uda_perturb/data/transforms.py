@@ -13,6 +13,8 @@ from .label_maps import IGNORE
 Label = Optional[torch.Tensor]
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+INCEPTION_MEAN, INCEPTION_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # TF/timm EfficientNet-Lite, Inception
+NORMALIZATIONS = ("imagenet", "inception", "caffe", "none")
 CAFFE_BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)  # DeepLab-v2 checkpoints: BGR, 0-255, no scaling
 
 
@@ -107,21 +109,42 @@ class PhotometricJitter:
 
 
 class Normalize:
-    """``mode="imagenet"``: (x - mean) / std; ``mode="caffe"``: RGB->BGR, 0-255, minus DeepLab's BGR mean."""
+    """``mode="imagenet"`` or ``"inception"``: (x - mean) / std with that pair (inception: 0.5, 0.5);
+    ``mode="caffe"``: RGB->BGR, 0-255, minus DeepLab's BGR mean; ``"none"``: unchanged."""
 
     def __init__(self, mode: str = "imagenet") -> None:
-        if mode not in ("imagenet", "caffe", "none"):
-            raise ValueError(f"normalisation must be 'imagenet', 'caffe' or 'none', got {mode!r}")
+        if mode not in NORMALIZATIONS:
+            raise ValueError(f"normalisation must be one of {NORMALIZATIONS}, got {mode!r}")
         self.mode = mode
 
     def __call__(self, image: torch.Tensor, label: Label = None) -> tuple[torch.Tensor, Label]:
-        if self.mode == "imagenet":
-            mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-            std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-            return (image - mean) / std, label
-        if self.mode == "caffe":
-            return image.flip(0) * 255.0 - torch.tensor(CAFFE_BGR_MEAN).view(3, 1, 1), label
-        return image, label
+        return normalize(image, self.mode), label
+
+
+def _affine(mode: str, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Normalisation ``mode`` as ``(a, b, flip)``: normalised = a * (RGB->BGR if flip)(x) + b per channel."""
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"normalisation must be one of {NORMALIZATIONS}, got {mode!r}")
+    mean, std, flip = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD, False),
+                       "inception": (INCEPTION_MEAN, INCEPTION_STD, False),
+                       "caffe": (tuple(m / 255.0 for m in CAFFE_BGR_MEAN), (1 / 255.0,) * 3, True),
+                       "none": ((0.0,) * 3, (1.0,) * 3, False)}[mode]
+    shape = (3, 1, 1) if like.dim() == 3 else (1, 3, 1, 1)
+    m, sd = (torch.tensor(v, device=like.device, dtype=torch.float64).view(shape) for v in (mean, std))
+    return (1 / sd).to(like.dtype), (-m / sd).to(like.dtype), flip
+
+
+def normalize(images: torch.Tensor, mode: str) -> torch.Tensor:
+    """Normalise RGB images in [0, 1] (``3 x H x W`` or ``B x 3 x H x W``) as ``Normalize(mode)`` does."""
+    a, b, flip = _affine(mode, images)
+    return (images.flip(-3) if flip else images) * a + b
+
+
+def denormalize(images: torch.Tensor, mode: str) -> torch.Tensor:
+    """The inverse of :func:`normalize`: back to RGB in [0, 1]."""
+    a, b, flip = _affine(mode, images)
+    x = (images - b) / a
+    return x.flip(-3) if flip else x
 
 
 def build_transforms(size: Optional[Sequence[int]] = None, crop: Optional[Sequence[int]] = None,

@@ -7,12 +7,13 @@ distributed job read disjoint interleaved parts of the same stream.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..config import DatasetConfig
+from ..config import DatasetConfig, RareClassSamplingConfig
+from ..data.rare_class_sampling import RareClassSampler, per_image_class_pixels
 from ..data.transforms import build_transforms
 from ..registry import DATASETS
 from .distributed import DistInfo
@@ -38,19 +39,32 @@ class InfiniteSampler(Sampler):
 
 
 class SeededItems(Dataset):
-    """Wraps a dataset so that item ``(index, seed)`` is produced under ``torch.manual_seed(seed)``."""
+    """Wraps a dataset so that item ``(index, seed)`` is produced under ``torch.manual_seed(seed)``.
 
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
+    A key ``(index, seed, cls)`` (rare-class sampling) re-draws the item's random transforms with seeds
+    ``seed + 1, ...`` (at most ``crop_tries`` draws) until its label holds at least ``min_class_pixels``
+    pixels of class ``cls``."""
+
+    def __init__(self, dataset: Dataset, min_class_pixels: float = 0.0, crop_tries: int = 10) -> None:
+        self.dataset, self.min_class_pixels, self.crop_tries = dataset, min_class_pixels, crop_tries
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: tuple[int, int]) -> dict:
-        index, seed = key
+    def _item(self, index: int, seed: int) -> dict:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.dataset[index]
+
+    def __getitem__(self, key: tuple) -> dict:
+        index, seed, cls = (*key, -1) if len(key) == 2 else key
+        item = self._item(index, seed)
+        if cls >= 0 and self.min_class_pixels > 0:
+            for j in range(1, self.crop_tries):
+                if int((item["label"] == cls).sum()) >= self.min_class_pixels:
+                    break
+                item = self._item(index, seed + j)
+        return item
 
 
 def build_dataset(cfg: DatasetConfig, train: bool) -> Dataset:
@@ -62,11 +76,27 @@ def build_dataset(cfg: DatasetConfig, train: bool) -> Dataset:
 
 
 def stream(dataset: Dataset, batch_size: int, seed: int, start: int, info: DistInfo,
-           num_workers: int = 0) -> Iterator[dict]:
-    """An endless iterator of batches beginning at batch ``start`` of this rank's part of the stream."""
-    sampler = InfiniteSampler(len(dataset), seed, start * batch_size, info.rank, info.world_size)  # type: ignore
-    loader = DataLoader(SeededItems(dataset), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                        drop_last=True, persistent_workers=num_workers > 0)
+           num_workers: int = 0, rare_class_sampling: Optional[RareClassSamplingConfig] = None,
+           num_classes: Optional[int] = None) -> Iterator[dict]:
+    """An endless iterator of batches beginning at batch ``start`` of this rank's part of the stream; with
+    ``rare_class_sampling`` the items are drawn by DAFormer's rare-class sampling."""
+    sampler: Sampler
+    items = SeededItems(dataset)
+    if rare_class_sampling is not None:
+        rcs = rare_class_sampling
+        if num_classes is None:
+            raise ValueError("rare-class sampling needs num_classes")
+        counts = per_image_class_pixels(dataset, num_classes)
+        sampler = RareClassSampler(counts, seed, start * batch_size, info.rank, info.world_size,
+                                   rcs.temperature, rcs.min_pixels)
+        items = SeededItems(dataset, rcs.min_pixels * rcs.min_crop_ratio)
+    else:
+        sampler = InfiniteSampler(len(dataset), seed, start * batch_size, info.rank, info.world_size)  # type: ignore
+    # its own generator: creating the iterator must not draw from the global RNG, which methods use in their
+    # steps (ClassMix, augmentation) and which a resume restores from the checkpoint
+    loader = DataLoader(items, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                        drop_last=True, persistent_workers=num_workers > 0,
+                        generator=torch.Generator().manual_seed(seed))
     return iter(loader)
 
 

@@ -13,13 +13,17 @@ def poly_factor(iteration: int, max_iters: int, power: float) -> float:
 
 
 def build_optimizers(method: UDAMethod, cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
-    """SGD for the segmentor (backbone at ``lr``, heads at ``head_lr_mult * lr``) and Adam for the
+    """SGD (or AdamW) for the segmentor (backbone at ``lr``, heads at ``head_lr_mult * lr``) and Adam for the
     discriminators; each param group remembers its base lr in ``initial_lr``."""
     backbone, heads = method.segmentor.parameter_groups()
-    groups = [{"params": backbone, "lr": cfg.lr}, {"params": heads, "lr": cfg.lr * cfg.head_lr_mult}]
-    opts: dict[str, torch.optim.Optimizer] = {
-        "segmentor": torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum,
-                                     weight_decay=cfg.weight_decay)}
+    groups = [g for g in ({"params": backbone, "lr": cfg.lr}, {"params": heads, "lr": cfg.lr * cfg.head_lr_mult})
+              if g["params"]]
+    seg_opt: torch.optim.Optimizer
+    if cfg.optimizer == "adamw":
+        seg_opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        seg_opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opts: dict[str, torch.optim.Optimizer] = {"segmentor": seg_opt}
     d_params = [p for p in method.discriminator_parameters() if p.requires_grad]
     if d_params:
         opts["discriminators"] = torch.optim.Adam(d_params, lr=cfg.d_lr, betas=tuple(cfg.d_betas))  # type: ignore

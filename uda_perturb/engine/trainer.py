@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..class_balance import resolve_class_weights
-from ..config import ExperimentConfig, dump_yaml, to_dict
+from ..config import ConfigError, ExperimentConfig, dump_yaml, to_dict
 from ..methods import UDAMethod, build_method
 from ..metrics import EntropyMeter, subset_indices
 from ..models.segmentor import Segmentor, build_segmentor
@@ -62,7 +62,21 @@ def build_model(cfg: ExperimentConfig) -> Segmentor:
                           backbone_kwargs=m.backbone_options, head_kwargs=m.head_options)
     if m.weights:
         load_weights(seg, m.weights)
+    check_normalization(cfg, seg)
     return seg
+
+
+def check_normalization(cfg: ExperimentConfig, segmentor: Segmentor) -> None:
+    """Refuse a recipe whose input normalisation contradicts the one the backbone's weights expect."""
+    want = getattr(segmentor.backbone, "input_normalization", None)
+    if want is None:
+        return
+    splits = [("data.source", cfg.data.source), ("data.target", cfg.data.target),
+              *((f"data.eval.{name}", d) for name, d in cfg.data.eval.items())]
+    for key, dcfg in splits:
+        if dcfg.transforms.normalize != want:
+            raise ConfigError(f"config key '{key}.transforms.normalize' is {dcfg.transforms.normalize!r}, but the "
+                              f"weights of backbone {cfg.model.backbone!r} expect {want!r}: set it to {want!r}")
 
 
 def evaluate_splits(segmentor: Segmentor, cfg: ExperimentConfig, info: DistInfo = DistInfo(),
@@ -101,12 +115,15 @@ class Trainer:
         if cfg.train.sync_bn and self.info.enabled:
             self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
         self.method.to(self.device).train()
+        if cfg.train.channels_last:
+            self.method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         broadcast_parameters([self.method], self.info)
         self.optimizers = build_optimizers(self.method, cfg.train)
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.precision]
         use_scaler = cfg.train.precision == "fp16" and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.method.backward = self._backward
+        self.method.input_normalization = cfg.data.source.transforms.normalize
         self.source = build_dataset(cfg.data.source, train=True)
         self.target = build_dataset(cfg.data.target, train=True)
         self._set_class_weights()
@@ -162,7 +179,10 @@ class Trainer:
         self.scaler.scale(loss / self.cfg.train.accumulate).backward()
 
     def _to_device(self, batch: dict) -> dict:
-        return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        out = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        if self.cfg.train.channels_last and "image" in out:
+            out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
+        return out
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -187,6 +207,7 @@ class Trainer:
             self.scaler.step(opt)
         self.scaler.update()
         broadcast_parameters([self.method], self.info, buffers_only=True)
+        self.method.after_optimizer_step(self.iteration + 1)
         logs["lr"] = lr
         return logs
 
@@ -215,7 +236,8 @@ class Trainer:
         cfg = self.cfg
         stop = min(cfg.train.stop_at or cfg.train.iters, cfg.train.iters)
         acc = cfg.train.accumulate
-        src = stream(self.source, cfg.data.batch_size, cfg.seed, self.iteration * acc, self.info, cfg.data.num_workers)
+        src = stream(self.source, cfg.data.batch_size, cfg.seed, self.iteration * acc, self.info, cfg.data.num_workers,
+                     cfg.data.rare_class_sampling, self.method.num_classes)
         tgt = stream(self.target, cfg.data.batch_size, cfg.seed + 1, self.iteration * acc, self.info,
                      cfg.data.num_workers)
         writer = _tensorboard(self.run_dir) if self.info.is_main else None

@@ -5,7 +5,7 @@ from typing import Any, Optional, Sequence, Union
 
 from ..models.segmentor import Segmentor
 from ..registry import ADDONS, METHODS
-from . import adaptsegnet, advent, apoda, minent, perturbation_addon, source_only  # noqa: F401
+from . import adaptsegnet, advent, apoda, dacs, minent, perturbation_addon, source_only  # noqa: F401
 from .base import StepResult, StepState, UDAMethod
 
 AddonSpec = Union[str, dict]

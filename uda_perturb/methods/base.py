@@ -27,6 +27,10 @@ class StepState:
     source_size: tuple[int, int]
     target: Optional[SegmentorOutput] = None
     target_size: Optional[tuple[int, int]] = None
+    # self-training: the student on mixed images, their labels and per-pixel label weights (B x H x W)
+    mixed: Optional[SegmentorOutput] = None
+    mixed_labels: Optional[torch.Tensor] = None
+    mixed_weights: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -76,6 +80,9 @@ class UDAMethod(nn.Module):
 
     uses_target: bool = True
     discriminator_space: str = "softmax"
+    # how the images are normalised (``data.*.transforms.normalize``); the trainer sets it, so that methods
+    # that augment batches (DACS's colour jitter) can go back to RGB in [0, 1]
+    input_normalization: str = "imagenet"
 
     def __init__(self, segmentor: Segmentor, addons: Sequence[nn.Module] = (), seg_aux_weight: float = 0.1) -> None:
         super().__init__()
@@ -198,6 +205,10 @@ class UDAMethod(nn.Module):
             self.backward(sum(d.values()))
         return StepResult({k: float(v.detach()) for k, v in g.items()},
                           {k: float(v.detach()) for k, v in d.items()}, stats)
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Called by the trainer after optimiser step ``step`` (1, 2, ...), once the weights are synchronised
+        across ranks: the place for EMA teachers. Nothing by default."""
 
     def discriminator_parameters(self) -> list[nn.Parameter]:
         """Parameters the discriminator optimiser trains."""

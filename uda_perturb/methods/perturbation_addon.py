@@ -23,6 +23,8 @@ class PerturbationAddon(nn.Module):
 
     Args:
         lambda_source, lambda_target: weights of the two defense losses (0 disables a side).
+        lambda_mixed: weight of the defense on a self-training method's mixed images (default
+            ``lambda_source``): labelled like source, with the method's per-pixel label weights.
         source_attacks, target_attacks: attack objectives; ``None`` = classifier (+ discriminator if the
             method has one and ``use_discriminator``).
         source_defenses, target_defenses: default ``ce`` and ``kl``.
@@ -30,12 +32,13 @@ class PerturbationAddon(nn.Module):
         **perturber: settings of :class:`~uda_perturb.Perturber` (``eps``, ``steps``, ``norm``, ``eps_mode``...).
     """
 
-    def __init__(self, lambda_source: float = 1.0, lambda_target: float = 0.1,
+    def __init__(self, lambda_source: float = 1.0, lambda_target: float = 0.1, lambda_mixed: Optional[float] = None,
                  source_attacks: Optional[Sequence[Any]] = None, target_attacks: Optional[Sequence[Any]] = None,
                  source_defenses: Sequence[Any] = ("ce",), target_defenses: Sequence[Any] = ("kl",),
                  use_discriminator: bool = True, d_on_perturbed: bool = False, **perturber: Any) -> None:
         super().__init__()
         self.lambda_source, self.lambda_target = lambda_source, lambda_target
+        self.lambda_mixed = lambda_source if lambda_mixed is None else lambda_mixed
         self.use_discriminator, self.d_on_perturbed = use_discriminator, d_on_perturbed
         self.source_attacks, self.target_attacks = source_attacks, target_attacks
         self.perturber_kwargs = perturber
@@ -65,30 +68,37 @@ class PerturbationAddon(nn.Module):
         space = method.discriminator_space
         classifier = method.segmentor.classifier
         losses, stats = {}, {}
-        sides = [("source", state.source, state.labels, None, self.lambda_source)]
-        weights = {"source": method.class_weights}  # the source defense CE keeps the seg loss's class balance
+        # (name, perturber domain, output, labels, pixel weights, output size, loss weight)
+        sides = [("source", "source", state.source, state.labels, None, None, self.lambda_source)]
         if state.target is not None:
-            sides.append(("target", state.target, None, state.target_size, self.lambda_target))
+            sides.append(("target", "target", state.target, None, None, state.target_size, self.lambda_target))
+        if state.mixed is not None:
+            sides.append(("mixed", "source", state.mixed, state.mixed_labels, state.mixed_weights, None,
+                          self.lambda_mixed))
+        # label-based defense CEs keep the class balance of the method's own losses
+        weights = {"source": method.class_weights,
+                   "mixed": method.class_weights if getattr(method, "mix_class_weights", False) else None}
         self._adv_logits, self._perturbed = {}, {}
-        for domain, out, labels, size, weight in sides:
+        for name, domain, out, labels, pixel_weights, size, weight in sides:
             if weight <= 0:
                 continue
             res = self._perturber(domain, space)(
                 out.features, classifier, labels=labels, domain=domain, discriminator=disc,
-                clean_logits=out.logits, output_size=size, class_weights=weights.get(domain))
-            losses[f"def_{domain}"] = weight * res.loss
-            stats[f"{domain}_norm"] = res.stats.mean_norm
-            stats[f"{domain}_moved"] = res.stats.fraction_perturbed
+                clean_logits=out.logits, output_size=size, class_weights=weights.get(name),
+                pixel_weights=pixel_weights)
+            losses[f"def_{name}"] = weight * res.loss
+            stats[f"{name}_norm"] = res.stats.mean_norm
+            stats[f"{name}_moved"] = res.stats.fraction_perturbed
             if res.stats.attack_loss_after is not None:
-                stats[f"{domain}_attack_gain"] = res.stats.attack_loss_after - res.stats.attack_loss_before
-            self._adv_logits[domain] = res.adv_logits.detach()
-            self._perturbed[domain] = res.perturbed
+                stats[f"{name}_attack_gain"] = res.stats.attack_loss_after - res.stats.attack_loss_before
+            self._adv_logits[name] = res.adv_logits.detach()
+            self._perturbed[name] = res.perturbed
         return losses, stats
 
     def discriminator_losses(self, method: UDAMethod, state: StepState) -> dict[str, torch.Tensor]:
         """With ``d_on_perturbed``: the main D also learns perturbed source -> 0, perturbed target -> 1."""
         disc = method.discriminators["main"] if "main" in method.discriminators else None
-        if not self.d_on_perturbed or disc is None or len(self._adv_logits) < 2:
+        if not self.d_on_perturbed or disc is None or not {"source", "target"} <= set(self._adv_logits):
             return {}
         assert state.target_size is not None
         views = []

@@ -1,5 +1,5 @@
 """Backbones, heads, discriminators and the G/F-split ``Segmentor``."""
-from . import backbones, discriminators, heads  # noqa: F401  (registers the built-ins)
+from . import backbones, discriminators, heads, timm_backbone  # noqa: F401  (registers the built-ins)
 from .backbones import Backbone
 from .discriminators import FCDiscriminator, PixelDiscriminator, discriminator_input
 from .segmentor import Segmentor, SegmentorOutput, build_segmentor

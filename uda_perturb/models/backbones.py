@@ -22,6 +22,8 @@ class Backbone(nn.Module):
     out_channels: int
     aux_channels: int
     output_stride: int
+    # the input normalisation its weights expect (a ``data.*.transforms.normalize`` name); None: any
+    input_normalization: Optional[str] = None
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -36,9 +36,10 @@ class ASPPv2(nn.Module):
 
 
 @HEADS.register("deeplabv3")
-def deeplabv3_head(in_channels: int, num_classes: int) -> nn.Module:
-    """DeepLab-v3 head (ASPP with image pooling, rates 12/24/36, then 3x3 conv + 1x1 classifier)."""
-    return DeepLabHead(in_channels, num_classes)
+def deeplabv3_head(in_channels: int, num_classes: int, atrous_rates: tuple[int, ...] = (12, 24, 36)) -> nn.Module:
+    """DeepLab-v3 head (ASPP with image pooling, 256 channels, then 3x3 conv + 1x1 classifier); the default
+    rates 12/24/36 are for output stride 8 at ~500 px: scale them with small feature maps."""
+    return DeepLabHead(in_channels, num_classes, tuple(atrous_rates))
 
 
 @HEADS.register("conv1x1")

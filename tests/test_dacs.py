@@ -1,0 +1,134 @@
+"""DACS: ClassMix masks and mixing, the pseudo-label weight, the EMA teacher, rare-class sampling, resume.
+
+Reproduced from DACS's / DAFormer's reference code (mmseg/models/uda/dacs.py, utils/dacs_transforms.py,
+datasets/uda_dataset.py): ceil(n/2) of an image's n classes are pasted; the pseudo-label weight is the share
+of teacher pixels with confidence >= 0.968; the EMA factor is min(1 - 1/(t + 1), 0.99); rare-class sampling
+draws class c with softmax((1 - f_c) / 0.01); the blur kernel is about 10 % of the side, odd.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import tiny_config
+from uda_perturb.data.rare_class_sampling import RareClassSampler, class_probabilities
+from uda_perturb.data.transforms import NORMALIZATIONS, denormalize, normalize
+from uda_perturb.engine import Trainer
+from uda_perturb.losses import pixel_weighted_ce
+from uda_perturb.methods.dacs import pseudo_labels
+from uda_perturb.methods.mean_teacher import MeanTeacher
+from uda_perturb.mixing import blur_kernel_size, class_mix, class_mix_mask, strong_augment
+
+
+@pytest.mark.parametrize("present,chosen", [([0], 1), ([0, 3], 1), ([0, 1, 2], 2), ([0, 1, 2, 5], 2)])
+def test_class_mix_mask_pastes_half_the_classes_whole_and_never_ignore(present, chosen):
+    label = torch.tensor(present * 6 + [255] * 4)[torch.randperm(len(present) * 6 + 4)].view(2, -1)
+    for seed in range(5):
+        mask = class_mix_mask(label, generator=torch.Generator().manual_seed(seed))
+        in_mask = set(label[mask.bool()].tolist())
+        assert len(in_mask) == chosen and 255 not in in_mask
+        for c in present:  # every class is pasted whole or not at all
+            assert mask[label == c].min() == mask[label == c].max()
+
+
+def test_class_mix_images_labels_and_weights_are_exact():
+    xs, xt = torch.full((1, 3, 2, 2), 1.0), torch.full((1, 3, 2, 2), -1.0)
+    ys = torch.tensor([[[0, 1], [2, 255]]])
+    pseudo = torch.tensor([[[4, 4], [4, 4]]])
+    w = torch.full((1, 2, 2), 0.3)
+    mask = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
+    images, labels, weights = class_mix(xs, ys, xt, pseudo, w, mask)
+    assert torch.equal(images[0, 0], torch.tensor([[1.0, -1.0], [1.0, -1.0]]))
+    assert torch.equal(labels, torch.tensor([[[0, 4], [2, 4]]]))
+    assert torch.equal(weights, torch.tensor([[[1.0, 0.3], [1.0, 0.3]]]))
+
+
+def test_pseudo_label_weight_is_share_of_confident_teacher_pixels():
+    # 4 pixels, confidences 0.99, 0.97, 0.9, 0.5 -> 2 of 4 reach 0.968
+    conf = torch.tensor([0.99, 0.97, 0.9, 0.5])
+    logits = torch.stack([torch.log(conf), torch.log(1 - conf)], dim=0).view(1, 2, 2, 2)
+    labels, weight = pseudo_labels(logits, 0.968)
+    assert torch.equal(labels, torch.zeros(1, 2, 2, dtype=torch.long))
+    torch.testing.assert_close(weight, torch.full((1, 2, 2), 0.5))
+
+
+def test_pixel_weighted_ce_is_the_mean_over_all_pixels():
+    logits = torch.randn(1, 3, 2, 2)
+    labels = torch.tensor([[[0, 1], [2, 255]]])
+    w = torch.tensor([[[1.0, 0.5], [0.25, 1.0]]])
+    logp = logits.log_softmax(1)[0]
+    expected = -(1.0 * logp[0, 0, 0] + 0.5 * logp[1, 0, 1] + 0.25 * logp[2, 1, 0]) / 4
+    torch.testing.assert_close(pixel_weighted_ce(logits, labels, w), expected)
+    cw = torch.tensor([2.0, 1.0, 4.0])
+    expected_cw = -(2.0 * logp[0, 0, 0] + 0.5 * logp[1, 0, 1] + 1.0 * logp[2, 1, 0]) / 4
+    torch.testing.assert_close(pixel_weighted_ce(logits, labels, w, weight=cw), expected_cw)
+
+
+def test_ema_teacher_formula_buffers_and_eval_mode():
+    student = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 1), torch.nn.BatchNorm2d(2))
+    teacher = MeanTeacher(student, alpha=0.99)
+    t0 = teacher.model[0].weight.clone()
+    with torch.no_grad():
+        student[0].weight.add_(1.0)
+    student.train()(torch.randn(4, 2, 3, 3))  # moves the student's BN statistics
+    teacher.update(student, step=1)  # a = min(1 - 1/2, 0.99) = 0.5
+    torch.testing.assert_close(teacher.model[0].weight, 0.5 * t0 + 0.5 * student[0].weight)
+    assert torch.equal(teacher.model[1].running_mean, student[1].running_mean)
+    assert teacher.momentum(1) == 0.5 and teacher.momentum(50) == pytest.approx(1 - 1 / 51)
+    assert teacher.momentum(1000) == 0.99
+    teacher.train()
+    assert not teacher.model.training and not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_rare_class_probabilities_from_known_frequencies():
+    classes, p = class_probabilities([900, 0, 90, 10], temperature=0.01)
+    assert classes.tolist() == [0, 2, 3]
+    z = [(1 - f) / 0.01 for f in (0.9, 0.09, 0.01)]
+    expected = [math.exp(v - max(z)) / sum(math.exp(u - max(z)) for u in z) for v in z]
+    np.testing.assert_allclose(p, expected, rtol=1e-12)
+
+
+def test_rare_class_sampler_frequencies_eligibility_and_resumability():
+    counts = np.array([[5000, 0, 10], [4000, 4000, 0], [100, 0, 3500], [6000, 0, 2999]])
+    sampler = RareClassSampler(counts, seed=3, temperature=0.5, min_pixels=3000)
+    draws = [d for d, _ in zip(iter(sampler), range(4000))]
+    _, p = class_probabilities(counts.sum(0), 0.5)
+    freq = np.bincount([c for _, _, c in draws], minlength=3) / len(draws)
+    np.testing.assert_allclose(freq, p, atol=0.03)
+    for index, _, c in draws:  # an image is drawn for a class only when it holds more than min_pixels of it
+        assert counts[index, c] > 3000
+    resumed = [d for d, _ in zip(iter(RareClassSampler(counts, seed=3, start=100, temperature=0.5)), range(5))]
+    assert resumed == draws[100:105]
+
+
+def test_normalise_round_trip_and_strong_augment_keeps_shape():
+    x = torch.rand(2, 3, 8, 10)
+    for mode in NORMALIZATIONS:
+        torch.testing.assert_close(denormalize(normalize(x, mode), mode), x, atol=1e-5, rtol=0)
+    y = strong_augment(normalize(x, "imagenet"), "imagenet", jitter_probability=0.0)
+    assert y.shape == x.shape and not torch.equal(y, normalize(x, "imagenet"))
+    assert blur_kernel_size(180) == 17 and blur_kernel_size(240) == 23 and blur_kernel_size(512) == 51
+
+
+def test_dacs_trains_teacher_follows_and_resume_is_bit_exact(tmp_path):
+    extra = ["train.iters=4", "method.addons=[perturbation]"]
+    full = Trainer(tiny_config("dacs", *extra), tmp_path / "full", progress=False)
+    init_teacher = full.method.teacher.model.head.conv.weight.clone()
+    full.fit()
+    assert not torch.equal(full.method.teacher.model.head.conv.weight, init_teacher)
+    log = (tmp_path / "full" / "metrics.jsonl").read_text()
+    assert '"g/mix"' in log and '"g/def_mixed"' in log and '"g/def_source"' in log
+    Trainer(tiny_config("dacs", *extra, "train.stop_at=2"), tmp_path / "part", progress=False).fit()
+    resumed = Trainer(tiny_config("dacs", *extra), tmp_path / "part", resume=True, progress=False)
+    resumed.fit()
+    a, b = full.method.state_dict(), resumed.method.state_dict()
+    assert any(k.startswith("teacher.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+
+
+def test_dacs_refuses_mismatched_domain_sizes(tmp_path):
+    cfg = tiny_config("dacs", "train.iters=1", "data.target.options={domain: target, size: [32, 40], length: 4}")
+    with pytest.raises(ValueError, match="same transforms.size"):
+        Trainer(cfg, tmp_path / "r", progress=False).fit()
