@@ -15,9 +15,9 @@ import statistics
 import time
 
 import torch
+from _env import write_results
 
 import uda_perturb as up
-from _env import write_results
 
 
 def peak_rss_mb() -> float:

@@ -30,10 +30,12 @@ def size(h: int, w: int) -> list[str]:
 
 CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "A": ("Lite0 OS 8, 180x240, ASPP dilations 1/3/6/9 (recipe)", []),
-    "B": ("Lite0 OS 8, 120x160, ASPP dilations 1/2/4/6", size(120, 160) + ["model.head_options={dilations: [1, 2, 4, 6]}"]),
+    "B": ("Lite0 OS 8, 120x160, ASPP dilations 1/2/4/6",
+          size(120, 160) + ["model.head_options={dilations: [1, 2, 4, 6]}"]),
     "C": ("Lite0 OS 8, 180x240, ASPP dilations 6/12/18/24 (DeepLab-v2)",
           ["model.head_options={dilations: [6, 12, 18, 24]}"]),
-    "D": ("Lite0 OS 8, 240x320, ASPP dilations 1/4/8/12", size(240, 320) + ["model.head_options={dilations: [1, 4, 8, 12]}"]),
+    "D": ("Lite0 OS 8, 240x320, ASPP dilations 1/4/8/12",
+          size(240, 320) + ["model.head_options={dilations: [1, 4, 8, 12]}"]),
     "E": ("Lite0 OS 8, 180x240, SGD lr 0.01 (heads 10x), momentum 0.9, wd 5e-4",
           ["train.optimizer=sgd", "train.lr=0.01", "train.weight_decay=5.0e-4"]),
     "F": ("Lite0 OS 8, 120x160, DeepLab-v3 head (256 ch, rates 2/4/6 + image pooling)",
@@ -77,7 +79,7 @@ def main() -> int:
         rows.append(f"| {key}: {desc} | {sec:.2f} | {' / '.join(f'{c:.1f}' for c in curve)} | {day['miou']:.1f} | "
                     f"{day['miou_tail']:.1f} | {day['miou_head']:.1f} | "
                     + " | ".join(f"{day['iou'][c]:.1f}" for c in TAIL) + " |")
-    md = [f"# Choosing the CamVid setup on pretrained features (source-only, day test split only)\n",
+    md = ["# Choosing the CamVid setup on pretrained features (source-only, day test split only)\n",
           f"Source-only runs of `{RECIPE}` with the overrides below; evaluation held only Seq05VD (no dusk labels "
           f"read). Seed 0, batch 8, {args.iters} iterations, {args.threads} threads, one run at a time.\n",
           "| candidate | s/iter | Seq05VD mIoU at 1/3, 2/3, end | mIoU | tail | head | "

@@ -20,10 +20,10 @@ import sys
 import time
 
 import torch
+from _env import write_results
 
 import uda_perturb as up
 from uda_perturb.methods import build_method
-from _env import write_results
 
 MODELS = {
     "deeplabv2_r50": dict(head="aspp_v2", backbone="resnet50", num_classes=19, multi_level=True,

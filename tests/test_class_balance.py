@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_config
 
 from uda_perturb.class_balance import label_statistics, median_frequency_weights, resolve_class_weights
 from uda_perturb.config import ConfigError
 from uda_perturb.losses import seg_ce
-from helpers import tiny_config
 
 
 class _Labels(torch.utils.data.Dataset):

@@ -22,13 +22,13 @@ def test_demo_quick_trains_both_methods_and_writes_the_comparison(tmp_path, caps
     out = capsys.readouterr().out
     assert "| source_only |" in out and "| apoda |" in out and "Target (dusk) test" in out
     data = json.loads((tmp_path / "comparison.json").read_text())
-    assert set(data) == {"source_only", "apoda"}
+    assert set(data) == {"warm_start", "source_only", "bn_control", "apoda"} and "Read it as" in out
     assert set(data["apoda"]["target_test"]["iou"]) >= {"road", "pole", "person"}
 
 
 def test_train_eval_predict_roundtrip(tmp_path, capsys):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     sets = ["--set", "train.iters=2", "--set", "model.backbone_options={width: 8}", "--set",
             "data.eval.target_test.options.length=4", "--set", "data.eval.source_test.options.length=4",

@@ -2,9 +2,9 @@
 gradient pass) and ``dropout`` (channel dropout of the features), registered beside the attacks."""
 import pytest
 import torch
+from helpers import tiny_config
 
 import uda_perturb as up
-from helpers import tiny_config
 from uda_perturb.engine import Trainer
 
 

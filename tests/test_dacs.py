@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from helpers import tiny_config
+
 from uda_perturb.data.rare_class_sampling import RareClassSampler, class_probabilities
 from uda_perturb.data.transforms import NORMALIZATIONS, denormalize, normalize
 from uda_perturb.engine import Trainer

@@ -6,7 +6,6 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from helpers import ddp_init_state, ddp_worker
 
 

@@ -7,7 +7,7 @@ from uda_perturb.models.heads import ASPPv2
 
 
 @pytest.mark.parametrize("name,out_ch,aux_ch,stride", [
-    ("resnet50", 2048, 1024, 8), ("resnet18", 512, 256, 8), ("vgg16", 512, 512, 8),
+    ("resnet50", 2048, 1024, 8), ("resnet18", 512, 256, 8), ("vgg16", 1024, 512, 8),
     ("mobilenet_v3_large", 960, 40, 16), ("lite", 256, 64, 8),
 ])
 def test_backbone_strides_and_channels(name, out_ch, aux_ch, stride):

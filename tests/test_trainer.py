@@ -5,8 +5,8 @@ import signal
 
 import pytest
 import torch
-
 from helpers import tiny_config
+
 from uda_perturb.config import load_config
 from uda_perturb.engine import Trainer, TrainingInterrupted
 from uda_perturb.engine.checkpoint import load_checkpoint, save_atomic

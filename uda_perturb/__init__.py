@@ -12,14 +12,14 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Optional
 
 from . import attacks as _attacks  # noqa: F401  (registers built-in attacks)
-from . import defenses as _defenses  # noqa: F401
 from . import data, methods, models  # noqa: F401  (registers datasets, methods and add-ons)
+from . import defenses as _defenses  # noqa: F401
 from .attacks import AttackObjective
 from .defenses import DefenseLoss
+from .methods import StepResult, UDAMethod, build_method
 from .models import Segmentor, SegmentorOutput, build_segmentor, split_torchvision
 from .objective_context import ObjectiveContext
-from .perturb import PerturbResult, Perturber, PerturbStats, perturb_and_defend
-from .methods import StepResult, UDAMethod, build_method
+from .perturb import Perturber, PerturbResult, PerturbStats, perturb_and_defend
 from .registry import ADDONS, ATTACKS, BACKBONES, DATASETS, DEFENSES, DISCRIMINATORS, HEADS, METHODS, Registry
 
 __version__ = "0.1.0"
@@ -86,11 +86,12 @@ def registries() -> dict[str, Registry]:
 
 
 __all__ = [
-    "ADDONS", "StepResult", "UDAMethod", "build_method", "list_addons", "register_addon", "ATTACKS", "AttackObjective", "BACKBONES", "DATASETS", "DEFENSES", "DISCRIMINATORS", "DefenseLoss", "HEADS",
-    "METHODS", "ObjectiveContext", "PerturbResult", "PerturbStats", "Perturber", "Registry", "Segmentor",
-    "SegmentorOutput", "build_attack", "build_backbone", "build_defense", "build_discriminator", "build_head",
-    "build_segmentor", "list_attacks", "list_backbones", "list_datasets", "list_defenses", "list_discriminators",
-    "list_heads", "list_methods", "models", "perturb_and_defend", "register_attack", "register_backbone",
-    "register_dataset", "register_defense", "register_discriminator", "register_head", "register_method",
-    "registries", "split_torchvision",
+    "ADDONS", "ATTACKS", "AttackObjective", "BACKBONES", "DATASETS", "DEFENSES", "DISCRIMINATORS", "DefenseLoss",
+    "HEADS", "METHODS", "ObjectiveContext", "PerturbResult", "PerturbStats", "Perturber", "Registry", "Segmentor",
+    "SegmentorOutput", "StepResult", "UDAMethod", "build_attack", "build_backbone", "build_defense",
+    "build_discriminator", "build_head", "build_method", "build_segmentor", "list_addons", "list_attacks",
+    "list_backbones", "list_datasets", "list_defenses", "list_discriminators", "list_heads", "list_methods",
+    "models", "perturb_and_defend", "register_addon", "register_attack", "register_backbone", "register_dataset",
+    "register_defense", "register_discriminator", "register_head", "register_method", "registries",
+    "split_torchvision",
 ]

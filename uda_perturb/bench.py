@@ -7,7 +7,6 @@ runs are isolated and a restarted benchmark skips runs whose ``results.json`` ex
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -16,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -88,7 +87,7 @@ def aggregate(runs: Sequence[Run]) -> dict[str, dict]:
         by_label.setdefault(r.label, []).append(load_results(r))
     out: dict[str, dict] = {}
     for label, results in by_label.items():
-        agg: dict[str, dict] = {"seeds": len(results)}
+        agg: dict[str, Any] = {"seeds": len(results)}
         for split in results[0]:
             metrics = {k: [res[split].get(k) for res in results] for k in results[0][split]
                        if k.startswith("miou") or k == "mean_entropy"}

@@ -9,7 +9,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Warm starts, then every (method, augmentation arm, seed) run, then the report."""
     args = build_parser().parse_args(argv)
-    setup = SETUPS[args.dataset]
+    setup: dict[str, Any] = SETUPS[args.dataset]
     pre_iters = args.pretrain_iters or (20 if args.quick else setup["pretrain_iters"])
     iters = args.iters or (10 if args.quick else setup["iters"])
     seeds = args.seeds[:1] if args.quick else args.seeds

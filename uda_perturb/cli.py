@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -17,38 +16,41 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """``uda-perturb train``: exit 130 after an interrupt (checkpoint written)."""
+    """``uda-perturb train``: after an interrupt (checkpoint written) exit 128 + signal (130 SIGINT, 143 SIGTERM)."""
     from .config import load_config
     from .engine import Trainer, TrainingInterrupted
 
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(args.run_dir or Path("runs") / cfg.name)
-    trainer = Trainer(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    trainer = Trainer(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+                      allow_fresh=args.allow_fresh)
     try:
         results = trainer.fit()
     except TrainingInterrupted as exc:
         print(exc, file=sys.stderr)
-        return 130
+        return 128 + exc.signum
     finally:
         trainer.close()
     if trainer.info.is_main:
         for res in results.values():
-            print(res["table"], "\n")
+            if "table" in res:
+                print(res["table"], "\n")
         print(f"run folder: {run_dir}")
     return 0
 
 
 def _load_segmentor(cfg, checkpoint: str):
     from .engine import build_model
-    from .engine.checkpoint import load_checkpoint
+    from .engine.checkpoint import load_segmentor_state
+    from .errors import CheckpointError
 
     seg = build_model(cfg)
-    path = Path(checkpoint)
-    if path.name == "segmentor.pt":
-        seg.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    else:
-        state = load_checkpoint(path)["method"]
-        seg.load_state_dict({k.removeprefix("segmentor."): v for k, v in state.items() if k.startswith("segmentor.")})
+    state = load_segmentor_state(checkpoint)
+    try:
+        seg.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {checkpoint} does not fit the recipe's model "
+                              f"({cfg.model.backbone}/{cfg.model.head}): {str(exc).splitlines()[0]}") from exc
     return seg.eval()
 
 
@@ -131,7 +133,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``uda-perturb demo``: the README's main job."""
     from .demo import run_demo
 
-    run_demo(args.out, iters=args.iters if not args.quick else 20, seed=args.seed, progress=not args.no_progress)
+    run_demo(args.out, iters=args.iters if not args.quick else 20, seed=args.seed, progress=not args.no_progress,
+             adapt_iters=args.adapt_iters if not args.quick else 6)
     return 0
 
 
@@ -146,12 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``uda-perturb`` argument parser."""
     ap = argparse.ArgumentParser(prog="uda-perturb", description="UDA for semantic segmentation by pointwise "
                                  "adversarial feature perturbation (APODA) and its baselines.")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a method from a YAML recipe")
     _add_config_args(p)
     p.add_argument("--run-dir", help="run folder (default runs/<name>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --run-dir")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint "
+                   "(an error when there is none, unless --allow-fresh)")
+    p.add_argument("--allow-fresh", action="store_true", help="with --resume: start from iteration 0 when the run "
+                   "folder has no checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --run-dir (only the files a run "
+                   "writes; a folder holding anything else is refused)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval", help="evaluate a checkpoint on the recipe's eval splits (per-class IoU)")
@@ -169,8 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
                                            "datasets, addons or recipes")
     p.add_argument("--include", default="*", help="fnmatch filter")
     p.set_defaults(func=cmd_list)
-    p = sub.add_parser("demo", help="train source-only and APODA on the embedded synthetic data and compare")
-    p.add_argument("--iters", type=int, default=300)
+    p = sub.add_parser("demo", help="warm-start source-only on the embedded synthetic data, then compare "
+                       "source-only and APODA trained on from it")
+    p.add_argument("--iters", type=int, default=300, help="warm-start iterations")
+    p.add_argument("--adapt-iters", type=int, default=None, help="iterations of each method after the warm start "
+                   "(default iters / 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="20 iterations: a smoke test")
@@ -190,7 +201,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         return int(bench_main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    from .errors import UserError
+
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, FileNotFoundError, FileExistsError) as exc:
+        if args.debug:
+            raise
+        print(f"uda-perturb: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,13 +12,18 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from .errors import ConfigError
+
 PACKAGED = Path(__file__).resolve().parent / "configs"
 OPTIMIZERS = ("sgd", "adamw")
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 @dataclass
 class TransformConfig:
-    """Input pipeline: resize to ``size`` (H, W), random ``scale`` + ``crop``, flip, photometric jitter."""
+    """Input pipeline: resize to ``size`` (H, W), random ``scale`` + ``crop``, flip, photometric jitter.
+    Images resize with ``interpolation`` (``bicubic``, antialiased when shrinking, is the references' PIL
+    BICUBIC); labels always with nearest at pixel centres."""
 
     size: Optional[list[int]] = None
     crop: Optional[list[int]] = None
@@ -25,6 +31,7 @@ class TransformConfig:
     flip: bool = False
     photometric: bool = False
     normalize: str = "imagenet"
+    interpolation: str = "bilinear"
 
 
 @dataclass
@@ -137,10 +144,6 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-class ConfigError(ValueError):
-    """A configuration that does not validate; the message names the key."""
-
-
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -151,7 +154,7 @@ def _check(value: Any, tp: Any, key: str) -> Any:
     if tp is Any:
         return value
     if dataclasses.is_dataclass(tp):
-        return _from_dict(tp, value, key)
+        return _from_dict(typing.cast(type, tp), value, key)
     if origin is Union:
         if value is None and type(None) in args:
             return None
@@ -189,7 +192,7 @@ def _from_dict(cls: type, data: Any, prefix: str = "") -> Any:
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
-            hint = f" (did you mean {prefix + '.' if prefix else ''}{close[0]!r}?)" if close else ""
+            hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
             raise ConfigError(f"unknown config key {full!r}{hint}; valid keys here: {', '.join(names)}")
         kwargs[key] = _check(value, hints[key], full)
     return cls(**kwargs)
@@ -225,7 +228,10 @@ def load_raw(name: str | Path, _seen: Optional[set] = None) -> dict:
     if path.resolve() in seen:
         raise ConfigError(f"config {path} includes itself through 'base:'")
     seen.add(path.resolve())
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path}: invalid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must hold a mapping at top level")
     bases = data.pop("base", [])
@@ -243,6 +249,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"override {item!r} must look like key.path=value")
         key, raw = item.split("=", 1)
         value = yaml.safe_load(raw)
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):  # YAML 1.1 reads 1e-3 as a string
+            value = float(value)
         node = data
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -269,6 +277,9 @@ def build_config(data: dict) -> ExperimentConfig:
         hint = " (did you mean 'median_frequency'?)" if close else ""
         raise ConfigError(f"config key 'train.class_weights' must be null, median_frequency or a list of floats, "
                           f"got {cfg.train.class_weights!r}{hint}")
+    from .option_check import check_config_options  # imports the registries: not at module level
+
+    check_config_options(cfg)
     return cfg
 
 

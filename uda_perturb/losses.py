@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -11,11 +12,11 @@ SOURCE_LABEL = 0.0  # AdaptSegNet convention: D learns source -> 0, target -> 1
 TARGET_LABEL = 1.0
 
 
-def upsample(logits: torch.Tensor, size: tuple[int, int] | None, align_corners: bool = True) -> torch.Tensor:
+def upsample(logits: torch.Tensor, size: Sequence[int] | None, align_corners: bool = True) -> torch.Tensor:
     """Bilinear upsampling of ``B x K x h x w`` logits to ``size`` (no-op when already that size)."""
     if size is None or tuple(logits.shape[-2:]) == tuple(size):
         return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
+    return F.interpolate(logits, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=align_corners)
 
 
 def seg_ce(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX,

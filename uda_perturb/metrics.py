@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -78,7 +78,7 @@ class ConfusionMatrix:
         total = int(self.hist.sum())
         return float(self.hist.diag().sum()) / total if total else float("nan")
 
-    def as_dict(self, subsets: Optional[dict[str, Sequence[int]]] = None) -> dict:
+    def as_dict(self, subsets: Optional[Mapping[str, Sequence[int]]] = None) -> dict:
         """Per-class IoU (percent), mIoU, pixel accuracy and named subset mIoUs, JSON-ready."""
         out = {"iou": {n: _pct(v) for n, v in zip(self.class_names, self.iou())},
                "miou": _pct(self.miou()), "pixel_accuracy": _pct(self.pixel_accuracy())}

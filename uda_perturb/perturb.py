@@ -5,14 +5,12 @@ adds on the features it already computed (no extra backbone pass).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-from .attacks import AttackObjective
-from .defenses import DefenseLoss
 from .losses import IGNORE_INDEX
 from .model_state import frozen_state
 from .models.discriminators import DISCRIMINATOR_INPUTS
@@ -325,7 +323,8 @@ class Perturber(nn.Module):
             delta = term.module.displacement(f0.float(), self._radius(f0, self.eps), self.norm)  # type: ignore
         norms = _position_norm(delta)
         perturbed = (f0.float() + delta).to(f0.dtype).contiguous().detach()
-        stats = PerturbStats(float(norms.mean()), float(norms.max()), float((norms / (_position_norm(f0) + _TINY)).mean()),
+        rel = norms / (_position_norm(f0) + _TINY)
+        stats = PerturbStats(float(norms.mean()), float(norms.max()), float(rel.mean()),
                              float((norms > 0).float().mean()), 0.0, None)
         return perturbed, stats, ctx
 

@@ -5,6 +5,8 @@ import difflib
 import fnmatch
 from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar, overload
 
+from .errors import UnknownNameError
+
 T = TypeVar("T")
 
 
@@ -32,7 +34,7 @@ class Registry(Generic[T]):
     @overload
     def register(self, name: str | None = None) -> Callable[[T], T]: ...
     @overload
-    def register(self, name: str, obj: T) -> T: ...
+    def register(self, name: str | None, obj: T) -> T: ...
 
     def register(self, name: str | None = None, obj: T | None = None):  # type: ignore[no-untyped-def]
         """Register ``obj`` under ``name`` (default: its ``__name__``); duplicates are rejected."""
@@ -60,7 +62,7 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise KeyError(self._unknown_message(name)) from None
+            raise UnknownNameError(self._unknown_message(name)) from None
 
     def _unknown_message(self, name: str) -> str:
         close = difflib.get_close_matches(str(name), list(self._items), n=3, cutoff=0.5)

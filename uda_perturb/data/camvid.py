@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from ..errors import DataError
 from ..registry import DATASETS
 from .base import DatasetInfo, PairedSegmentationDataset, Transform
 from .label_maps import CAMVID_11, CAMVID_CLASSES, CAMVID_PALETTE
@@ -32,7 +33,7 @@ def camvid(root: str, split: Union[str, Sequence[str]] = "train", transform: Opt
                 continue
             parts = line.split()
             if len(parts) != 2:
-                raise ValueError(f"camvid: {list_path}:{n}: expected 'image label', got {line!r}")
+                raise DataError(f"camvid: {list_path}:{n}: expected 'image label', got {line!r}")
             img, lab = parts
             if sequences and not any(Path(img).name.startswith(q) for q in sequences):
                 continue

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import DataError
 from .label_maps import IGNORE
 
 
@@ -45,16 +46,32 @@ def read_label_raw(path: str | Path, channel: int | None = None) -> np.ndarray:
         raise OSError(f"cannot read label {path}: {exc}") from exc
 
 
-def map_label(raw: np.ndarray, lut: np.ndarray, path: str | Path) -> torch.Tensor:
-    """Apply a LUT (from ``label_maps.lookup_table``); values outside the map raise ``ValueError`` naming the file."""
+def unknown_ids(raw: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """The raw label values that the LUT does not map (outside it, or mapped to -1)."""
+    outside = (raw < 0) | (raw >= len(lut))
+    unmapped = np.zeros_like(outside)
+    unmapped[~outside] = lut[raw[~outside]] < 0
+    return np.unique(raw[outside | unmapped])
+
+
+def map_label(raw: np.ndarray, lut: np.ndarray, path: str | Path, strict: bool = True) -> torch.Tensor:
+    """Apply a LUT (from ``label_maps.lookup_table``). Values outside the map raise ``DataError`` naming the
+    file, or with ``strict=False`` become the ignore label (as the references' ``255 *  ones`` init does)."""
+    if not strict:
+        outside = (raw < 0) | (raw >= len(lut))
+        out = np.full(raw.shape, IGNORE, dtype=np.int64)
+        mapped = lut[np.where(outside, 0, raw)]
+        keep = ~outside & (mapped >= 0)
+        out[keep] = mapped[keep]
+        return torch.from_numpy(out)
     if raw.min() < 0 or raw.max() >= len(lut):
         bad = np.unique(raw[(raw < 0) | (raw >= len(lut))])[:10].tolist()
-        raise ValueError(f"label {path}: values {bad} are outside the label map")
+        raise DataError(f"label {path}: values {bad} are outside the label map")
     out = lut[raw]
     if (out < 0).any():
         bad = np.unique(raw[out < 0])[:10].tolist()
-        raise ValueError(f"label {path}: values {bad} are not in the label map")
+        raise DataError(f"label {path}: values {bad} are not in the label map")
     return torch.from_numpy(out.astype(np.int64))
 
 
-__all__ = ["IGNORE", "map_label", "read_label_raw", "read_rgb"]
+__all__ = ["IGNORE", "map_label", "read_label_raw", "read_rgb", "unknown_ids"]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..errors import DataError
 from ..losses import IGNORE_INDEX
 
 
@@ -35,11 +36,11 @@ def class_probabilities(class_pixels: Sequence[float], temperature: float = 0.01
     """``(classes, p)`` over the classes that occur: ``p_c = softmax((1 - f_c) / T)`` with ``f_c`` the share of
     all labelled pixels that class ``c`` holds."""
     if temperature <= 0:
-        raise ValueError(f"rare-class sampling temperature must be positive, got {temperature}")
+        raise DataError(f"rare-class sampling temperature must be positive, got {temperature}")
     n = np.asarray(class_pixels, dtype=np.float64)
     classes = np.flatnonzero(n > 0)
     if not len(classes):
-        raise ValueError("rare-class sampling needs labelled source pixels")
+        raise DataError("rare-class sampling needs labelled source pixels")
     f = n[classes] / n[classes].sum()
     z = (1.0 - f) / temperature
     p = np.exp(z - z.max())
@@ -57,8 +58,8 @@ class RareClassSampler(Sampler):
         self.images_with = {int(c): np.flatnonzero(image_class_pixels[:, c] > min_pixels) for c in classes}
         keep = [i for i, c in enumerate(classes) if len(self.images_with[int(c)])]
         if not keep:
-            raise ValueError(f"rare-class sampling: no image holds more than {min_pixels} pixels of any class; "
-                             "lower data.rare_class_sampling.min_pixels")
+            raise DataError(f"rare-class sampling: no image holds more than {min_pixels} pixels of any class; "
+                            "lower data.rare_class_sampling.min_pixels")
         # classes without an eligible image cannot be drawn (DAFormer asserts there is one)
         self.classes = classes[keep]
         self.probs = torch.tensor(probs[keep] / probs[keep].sum(), dtype=torch.float64)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import DataError
 from ..registry import DATASETS
 from .base import DatasetInfo, Transform
 
@@ -112,9 +113,9 @@ class SyntheticRoadScenes(Dataset):
     def __init__(self, domain: str = "source", size: Sequence[int] = (96, 128), length: int = 200,
                  seed: int = 0, transform: Optional[Transform] = None) -> None:
         if domain not in _DOMAINS:
-            raise ValueError(f"synthetic domain must be one of {_DOMAINS}, got {domain!r}")
+            raise DataError(f"synthetic domain must be one of {_DOMAINS}, got {domain!r}")
         if length < 1:
-            raise ValueError(f"length must be positive, got {length}")
+            raise DataError(f"length must be positive, got {length}")
         self.domain, self.size, self.length, self.seed = domain, (int(size[0]), int(size[1])), length, seed
         self.transform = transform
         self.info = DatasetInfo("synthetic", SYNTHETIC_CLASSES, SYNTHETIC_PALETTE)
@@ -142,7 +143,7 @@ def synthetic(root: Optional[str] = None, split: str = "train", transform: Optio
     are unpaired) unless ``seed`` is given; the same seed gives the same layouts in both styles.
     ``root`` is ignored (nothing on disk)."""
     if split not in ("train", "test", "val"):
-        raise ValueError(f"synthetic split must be 'train', 'val' or 'test', got {split!r}")
+        raise DataError(f"synthetic split must be 'train', 'val' or 'test', got {split!r}")
     default_seed = {"train": 0, "val": 2, "test": 1}[split] + (100 if domain == "target" else 0)
     default_len = 400 if split == "train" else 100
     return SyntheticRoadScenes(domain, size, length or default_len, default_seed if seed is None else seed,

@@ -18,13 +18,21 @@ NORMALIZATIONS = ("imagenet", "inception", "caffe", "none")
 CAFFE_BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)  # DeepLab-v2 checkpoints: BGR, 0-255, no scaling
 
 
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
 def _resize_pair(image: torch.Tensor, label: Label, size: tuple[int, int], mode: str) -> tuple[torch.Tensor, Label]:
-    align = False if mode in ("bilinear", "bicubic") else None
-    image = F.interpolate(image[None], size=size, mode=mode, align_corners=align)[0]
+    """Image: ``mode`` (bicubic antialiased when shrinking, as PIL's BICUBIC in the references); label: nearest
+    at pixel centres (``nearest-exact``, PIL's NEAREST), so labels stay aligned with the image at any scale."""
+    if mode not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {mode!r}")
+    shrink = size[0] < image.shape[-2] or size[1] < image.shape[-1]
+    image = F.interpolate(image[None], size=size, mode=mode, align_corners=False,
+                          antialias=mode == "bicubic" and shrink)[0]
     if mode == "bicubic":
         image = image.clamp_(0, 1)
     if label is not None:
-        label = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
+        label = F.interpolate(label[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
     return image, label
 
 
@@ -41,9 +49,12 @@ class Compose:
 
 
 class Resize:
-    """Resize to ``(H, W)``; image bilinear (or bicubic), label nearest."""
+    """Resize to ``(H, W)``; image bilinear (or bicubic, antialiased when shrinking), label nearest at pixel
+    centres."""
 
     def __init__(self, size: Sequence[int], mode: str = "bilinear") -> None:
+        if mode not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {mode!r}")
         self.size, self.mode = (int(size[0]), int(size[1])), mode
 
     def __call__(self, image: torch.Tensor, label: Label = None) -> tuple[torch.Tensor, Label]:
@@ -53,13 +64,15 @@ class Resize:
 class RandomScaleCrop:
     """Random rescale by a factor in ``scale`` then a random ``crop`` (padding labels with 255)."""
 
-    def __init__(self, crop: Sequence[int], scale: Sequence[float] = (0.75, 1.25)) -> None:
+    def __init__(self, crop: Sequence[int], scale: Sequence[float] = (0.75, 1.25),
+                 interpolation: str = "bilinear") -> None:
         self.crop, self.scale = (int(crop[0]), int(crop[1])), (float(scale[0]), float(scale[1]))
+        self.interpolation = interpolation
 
     def __call__(self, image: torch.Tensor, label: Label = None) -> tuple[torch.Tensor, Label]:
         s = self.scale[0] + float(torch.rand(())) * (self.scale[1] - self.scale[0])
         h, w = image.shape[-2:]
-        image, label = _resize_pair(image, label, (max(1, round(h * s)), max(1, round(w * s))), "bilinear")
+        image, label = _resize_pair(image, label, (max(1, round(h * s)), max(1, round(w * s))), self.interpolation)
         ch, cw = self.crop
         ph, pw = max(ch - image.shape[-2], 0), max(cw - image.shape[-1], 0)
         if ph or pw:
@@ -149,13 +162,13 @@ def denormalize(images: torch.Tensor, mode: str) -> torch.Tensor:
 
 def build_transforms(size: Optional[Sequence[int]] = None, crop: Optional[Sequence[int]] = None,
                      scale: Optional[Sequence[float]] = None, flip: bool = False, photometric: bool = False,
-                     normalize: str = "imagenet") -> Compose:
+                     normalize: str = "imagenet", interpolation: str = "bilinear") -> Compose:
     """Standard pipeline: resize -> (scale+crop) -> flip -> photometric jitter -> normalise."""
     ts: list = []
     if size is not None:
-        ts.append(Resize(size))
+        ts.append(Resize(size, interpolation))
     if crop is not None:
-        ts.append(RandomScaleCrop(crop, scale or (1.0, 1.0)))
+        ts.append(RandomScaleCrop(crop, scale or (1.0, 1.0), interpolation))
     if flip:
         ts.append(RandomHorizontalFlip())
     if photometric:

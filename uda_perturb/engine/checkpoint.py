@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
+
+from ..errors import CheckpointError
 
 FORMAT = "uda_perturb-checkpoint-v1"
 # Keys that may differ between the run that wrote a checkpoint and the run that resumes it.
@@ -18,7 +21,7 @@ RESUMABLE_DIFFERENCES = ("train.iters", "train.stop_at", "train.eval_every", "tr
 
 def rng_state() -> dict[str, Any]:
     """Python, NumPy and torch (CPU and CUDA) RNG states, as weights-only-loadable tensors and tuples."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    kind, keys, pos, has_gauss, cached = cast(Any, np.random.get_state())
     state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
                                                      cached), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -40,6 +43,8 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
     """Write to a temporary file in the same folder, fsync, then rename: never a half-written checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*"):  # left by a save that was killed (one writer per folder)
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -71,22 +76,50 @@ def config_differences(saved: dict, current: dict) -> list[str]:
             and not any(k == r or k.startswith(r + ".") for r in RESUMABLE_DIFFERENCES)]
 
 
-def load_checkpoint(path: str | Path, config: dict | None = None) -> dict[str, Any]:
-    """Load with ``weights_only=True`` and refuse a truncated, foreign or other-config checkpoint."""
+def read_torch_file(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` with errors that name the file: a missing file, a truncated or
+    foreign one, and one holding pickled objects (refused for safety: loading them could run code)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"checkpoint {path} holds objects other than tensors and plain containers; it was "
+                              "refused for safety (unpickling them could run code). Re-save it as a state dict "
+                              "of tensors") from exc
     except Exception as exc:
-        raise ValueError(f"checkpoint {path} is truncated or not a torch checkpoint: {exc}") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"checkpoint {path} was not written by uda_perturb's trainer (format "
-                         f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r})")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} is truncated or not a torch file ({first})") from exc
+
+
+def load_checkpoint(path: str | Path, config: dict | None = None) -> dict[str, Any]:
+    """A trainer checkpoint, refusing a truncated, unsafe, foreign or other-config file."""
+    ckpt = read_torch_file(path)
+    if not is_trainer_checkpoint(ckpt):
+        raise CheckpointError(f"checkpoint {path} was not written by uda_perturb's trainer (no "
+                              f"format {FORMAT!r} record); a segmentor state dict loads with 'eval'/'predict'")
     if config is not None:
         diff = config_differences(ckpt["config"], config)
         if diff:
             a, b = _flatten(ckpt["config"]), _flatten(config)
             detail = "; ".join(f"{k}: checkpoint {a.get(k)!r} vs config {b.get(k)!r}" for k in diff[:8])
-            raise ValueError(f"checkpoint {path} comes from another config: {detail}")
+            raise CheckpointError(f"checkpoint {path} comes from another config: {detail}")
     return ckpt
+
+
+def is_trainer_checkpoint(obj: Any) -> bool:
+    """Whether a loaded object is a checkpoint written by the trainer."""
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def load_segmentor_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The segmentor weights in ``path``, decided by content: a trainer checkpoint (any name) or a segmentor
+    state dict (``segmentor.pt``, renamed or not)."""
+    obj = read_torch_file(path)
+    if is_trainer_checkpoint(obj):
+        method = obj["method"]
+        return {k.removeprefix("segmentor."): v for k, v in method.items() if k.startswith("segmentor.")}
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    raise CheckpointError(f"checkpoint {path} is neither a trainer checkpoint nor a segmentor state dict")

@@ -3,7 +3,7 @@ one forward pass (main head), logits upsampled bilinearly to the label size, arg
 multi-scale averaging of softmax scores."""
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,8 @@ def predict_logits(model: nn.Module, images: torch.Tensor, out_size: Sequence[in
                                                                             align_corners=False)
         views = [(x, False)] + ([(x.flip(-1), True)] if flip else [])
         for view, flipped in views:
-            logits = model.classify(model.features(view)) if hasattr(model, "classify") else model(view)
+            split = cast(Any, model)  # a Segmentor or TorchvisionSplit exposes features/classify
+            logits = split.classify(split.features(view)) if hasattr(model, "classify") else model(view)
             prob = upsample(logits.float(), tuple(out_size)).softmax(1)
             prob = prob.flip(-1) if flipped else prob
             total = prob if total is None else total + prob

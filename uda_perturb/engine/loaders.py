@@ -7,6 +7,7 @@ distributed job read disjoint interleaved parts of the same stream.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterator, Optional
 
 import torch
@@ -67,12 +68,22 @@ class SeededItems(Dataset):
         return item
 
 
-def build_dataset(cfg: DatasetConfig, train: bool) -> Dataset:
-    """Instantiate a configured dataset with its transforms (random ones only when ``train``)."""
+def build_dataset(cfg: DatasetConfig, train: bool, key: str = "data.*") -> Dataset:
+    """Instantiate a configured dataset with its transforms (random ones only when ``train``). ``key`` is the
+    config key of ``cfg`` (``data.source``...), named when its files cannot be found."""
     t = cfg.transforms
     transform = build_transforms(size=t.size, crop=t.crop if train else None, scale=t.scale if train else None,
-                                 flip=t.flip and train, photometric=t.photometric and train, normalize=t.normalize)
-    return DATASETS.build(cfg.name, root=cfg.root, split=cfg.split, transform=transform, **cfg.options)
+                                 flip=t.flip and train, photometric=t.photometric and train, normalize=t.normalize,
+                                 interpolation=t.interpolation)
+    try:
+        return DATASETS.build(cfg.name, root=cfg.root, split=cfg.split, transform=transform, **cfg.options)
+    except FileNotFoundError as exc:
+        if cfg.root is None:
+            raise
+        where = Path(cfg.root)
+        hint = (f"{key}.root is {cfg.root!r}, which resolves to {where.resolve()} from the current folder"
+                + ("" if where.is_dir() else " and does not exist") + f"; set it with --set {key}.root=PATH")
+        raise FileNotFoundError(f"{exc} ({hint})") from None
 
 
 def stream(dataset: Dataset, batch_size: int, seed: int, start: int, info: DistInfo,

@@ -5,12 +5,12 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import numpy as np
 import torch
@@ -21,18 +21,22 @@ from ..config import ConfigError, ExperimentConfig, dump_yaml, to_dict
 from ..methods import UDAMethod, build_method
 from ..metrics import EntropyMeter, subset_indices
 from ..models.segmentor import Segmentor, build_segmentor
-from ..models.weights import load_weights
+from ..models.weights import load_segmentor_weights
 from .checkpoint import FORMAT, load_checkpoint, rng_state, save_atomic, set_rng_state
 from .distributed import DistInfo, average_gradients, broadcast_parameters, cleanup, init_distributed
 from .evaluate import evaluate
 from .loaders import build_dataset, eval_loader, stream
 from .optim import build_optimizers, set_poly_lr
-
-CHECKPOINT = "checkpoint.pt"
+from .run_folder import CHECKPOINT, clear_run, holds_run, truncate_metrics
 
 
 class TrainingInterrupted(RuntimeError):
-    """Raised after SIGINT/SIGTERM once the checkpoint of the last finished iteration is written."""
+    """Raised after SIGINT/SIGTERM once the checkpoint of the last finished iteration is written;
+    ``signum`` is the signal (the CLI exits with ``128 + signum``: 130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -61,7 +65,10 @@ def build_model(cfg: ExperimentConfig) -> Segmentor:
     seg = build_segmentor(m.head, backbone=m.backbone, num_classes=m.num_classes, multi_level=m.multi_level,
                           backbone_kwargs=m.backbone_options, head_kwargs=m.head_options)
     if m.weights:
-        load_weights(seg, m.weights)
+        r = load_segmentor_weights(seg, m.weights)
+        head = f"; head skipped ({len(r['skipped_head'])} tensors do not fit)" if r["skipped_head"] else ""
+        print(f"weights {m.weights} ({r['format']} format): {r['loaded']} tensors loaded, {len(r['missing'])} "
+              f"backbone tensors missing, {len(r['unexpected'])} unexpected{head}", file=sys.stderr)
     check_normalization(cfg, seg)
     return seg
 
@@ -79,15 +86,16 @@ def check_normalization(cfg: ExperimentConfig, segmentor: Segmentor) -> None:
                               f"weights of backbone {cfg.model.backbone!r} expect {want!r}: set it to {want!r}")
 
 
-def evaluate_splits(segmentor: Segmentor, cfg: ExperimentConfig, info: DistInfo = DistInfo(),
+def evaluate_splits(segmentor: Segmentor, cfg: ExperimentConfig, info: Optional[DistInfo] = None,
                     device: torch.device | str = "cpu", autocast_dtype: Optional[torch.dtype] = None,
                     title: str = "") -> dict[str, dict]:
     """Per-class IoU, mIoU and class-group mIoUs of ``segmentor`` on every split of ``cfg.data.eval``;
     each result also holds its markdown ``table``."""
+    info = info or DistInfo()
     results = {}
     for name, dcfg in cfg.data.eval.items():
-        ds = build_dataset(dcfg, train=False)
-        ds_info = getattr(ds, "info")
+        ds = build_dataset(dcfg, train=False, key=f"data.eval.{name}")
+        ds_info = cast(Any, ds).info
         loader = eval_loader(ds, cfg.eval.batch_size, info, cfg.data.num_workers)
         meter = EntropyMeter()
         cm = evaluate(segmentor, loader, ds_info.num_classes, ds_info.classes, cfg.eval.size, cfg.eval.flip,
@@ -101,14 +109,15 @@ def evaluate_splits(segmentor: Segmentor, cfg: ExperimentConfig, info: DistInfo 
 
 class Trainer:
     """Train ``cfg.method`` into ``run_dir``. A run folder holding a run is never overwritten silently:
-    pass ``resume=True`` to continue it or ``overwrite=True`` to start again."""
+    pass ``resume=True`` to continue it (an error when it has no checkpoint, unless ``allow_fresh``) or
+    ``overwrite=True`` to replace it (only the files a run writes; a folder holding anything else is refused)."""
 
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
-                 progress: bool = True) -> None:
+                 progress: bool = True, allow_fresh: bool = False) -> None:
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         self.info = init_distributed("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
         self.device = resolve_device(cfg.device, self.info)
-        self._prepare_run_dir(resume, overwrite)
+        self._prepare_run_dir(resume, overwrite, allow_fresh)
         seed_everything(cfg.seed, cfg.deterministic)
         seg = build_model(cfg)
         self.method: UDAMethod = build_method(cfg.method.name, seg, cfg.method.addons, cfg.method.options)
@@ -124,13 +133,19 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.method.backward = self._backward
         self.method.input_normalization = cfg.data.source.transforms.normalize
-        self.source = build_dataset(cfg.data.source, train=True)
-        self.target = build_dataset(cfg.data.target, train=True)
+        self.source = build_dataset(cfg.data.source, train=True, key="data.source")
+        self.target = build_dataset(cfg.data.target, train=True, key="data.target")
         self._set_class_weights()
         self.iteration = 0
+        self.train_seconds = 0.0  # cumulative over resumed segments
         self._stop_signal: Optional[int] = None
+        self._segment_start: Optional[float] = None
         if resume and (self.run_dir / CHECKPOINT).is_file():
             self._restore(load_checkpoint(self.run_dir / CHECKPOINT, to_dict(cfg)))
+            if self.info.is_main:
+                truncate_metrics(self.run_dir / "metrics.jsonl", self.iteration)
+                print(f"resuming from iteration {self.iteration} of {self.stop_iteration} "
+                      f"(checkpoint {self.run_dir / CHECKPOINT})", file=sys.stderr)
         if self.info.is_main:
             (self.run_dir / "config.yaml").write_text(dump_yaml(cfg))
 
@@ -143,19 +158,28 @@ class Trainer:
                 json.dumps({str(n): round(float(w), 4) for n, w in zip(names, weights)}, indent=1))
 
     # ------------------------------------------------------------------ run folder and checkpoints
-    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> None:
-        has_run = (self.run_dir / CHECKPOINT).exists() or (self.run_dir / "metrics.jsonl").exists()
+    @property
+    def stop_iteration(self) -> int:
+        """Where this run stops: ``train.stop_at`` when set, else ``train.iters``."""
+        return min(self.cfg.train.stop_at or self.cfg.train.iters, self.cfg.train.iters)
+
+    def _prepare_run_dir(self, resume: bool, overwrite: bool, allow_fresh: bool) -> None:
+        has_run = holds_run(self.run_dir)
         if has_run and not resume and not overwrite:
             raise FileExistsError(f"run folder {self.run_dir} already holds a run; pass --resume to continue it "
                                   "or --overwrite to replace it")
+        if resume and not (self.run_dir / CHECKPOINT).is_file() and not allow_fresh:
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir} to resume from; add --allow-fresh "
+                                    "to start from iteration 0 when there is none")
         if self.info.is_main:
-            if has_run and overwrite and not resume:
-                shutil.rmtree(self.run_dir)
+            if overwrite and not resume:
+                clear_run(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resume needs: weights, optimisers, scaler, RNG states, iteration, config."""
         return {"format": FORMAT, "config": to_dict(self.cfg), "iteration": self.iteration,
+                "train_seconds": self.train_seconds + self._segment_seconds(),
                 "method": self.method.state_dict(),
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                 "scaler": self.scaler.state_dict(), "rng": rng_state()}
@@ -173,6 +197,10 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         self.iteration = int(ckpt["iteration"])
+        self.train_seconds = float(ckpt.get("train_seconds", 0.0))
+
+    def _segment_seconds(self) -> float:
+        return time.time() - self._segment_start if self._segment_start is not None else 0.0
 
     # ------------------------------------------------------------------ one step
     def _backward(self, loss: torch.Tensor) -> None:
@@ -232,9 +260,18 @@ class Trainer:
         self._stop_signal = signum
 
     def fit(self) -> dict[str, dict]:
-        """Train to ``train.stop_at`` (default ``train.iters``), evaluate, save; returns final metrics."""
+        """Train to ``train.stop_at`` (default ``train.iters``), evaluate, save; returns final metrics.
+        A resumed run that had already finished says so and returns its recorded results."""
         cfg = self.cfg
-        stop = min(cfg.train.stop_at or cfg.train.iters, cfg.train.iters)
+        stop = self.stop_iteration
+        done = self.run_dir / "results.json"
+        if self.iteration >= stop and done.is_file():
+            recorded = json.loads(done.read_text())
+            if recorded.get("iteration") == self.iteration:
+                if self.info.is_main:
+                    print(f"run in {self.run_dir} already finished at iteration {self.iteration}; nothing to do",
+                          file=sys.stderr)
+                return recorded.get("results", {})
         acc = cfg.train.accumulate
         src = stream(self.source, cfg.data.batch_size, cfg.seed, self.iteration * acc, self.info, cfg.data.num_workers,
                      cfg.data.rare_class_sampling, self.method.num_classes)
@@ -244,7 +281,7 @@ class Trainer:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = tqdm(total=stop, initial=self.iteration, disable=not (self.progress and self.info.is_main),
                    desc=f"{cfg.method.name}", dynamic_ncols=True)
-        start = time.time()
+        self._segment_start = time.time()
         try:
             while self.iteration < stop:
                 logs = self.train_step(src, tgt)
@@ -253,11 +290,13 @@ class Trainer:
                 if self.iteration % max(cfg.train.log_every, 1) == 0 or self.iteration == stop:
                     bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logs.items()
                                      if k.startswith("g/") or k == "lr"}, refresh=False)
-                    self._log({"iteration": self.iteration, "time": time.time() - start, **logs}, writer)
+                    self._log({"iteration": self.iteration, "time": self.train_seconds + self._segment_seconds(),
+                               **logs}, writer)
                 if self._stop_signal is not None:
                     self.save_checkpoint()
                     raise TrainingInterrupted(f"stopped by signal {self._stop_signal} after iteration "
-                                              f"{self.iteration}; checkpoint saved in {self.run_dir}")
+                                              f"{self.iteration}; checkpoint saved in {self.run_dir}",
+                                              self._stop_signal)
                 if cfg.train.checkpoint_every and self.iteration % cfg.train.checkpoint_every == 0:
                     self.save_checkpoint()
                 if cfg.train.eval_every and self.iteration % cfg.train.eval_every == 0 and self.iteration < stop:
@@ -269,13 +308,15 @@ class Trainer:
             if writer is not None:
                 writer.close()
         self.save_checkpoint()
+        self.train_seconds += self._segment_seconds()
+        self._segment_start = None
         results = self.evaluate() if cfg.data.eval else {}
         if self.info.is_main:
             if results:
                 self._log({"iteration": self.iteration, "eval": _strip(results)})
             (self.run_dir / "results.json").write_text(json.dumps(
                 {"iteration": self.iteration, "final_checkpoint": True, "results": _strip(results),
-                 "train_seconds": time.time() - start}, indent=2))
+                 "train_seconds": self.train_seconds}, indent=2))
             torch.save(self.method.segmentor.state_dict(), self.run_dir / "segmentor.pt")
         return results
 

@@ -53,6 +53,15 @@ class StepResult:
         return out
 
 
+def sum_losses(losses: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The sum of the loss terms, in their order (as built-in ``sum``, typed)."""
+    terms = list(losses.values())
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total
+
+
 @contextlib.contextmanager
 def no_param_grads(module: Optional[nn.Module]) -> Iterator[None]:
     """Temporarily stop ``module``'s parameters from collecting gradients (D while training G)."""
@@ -197,12 +206,12 @@ class UDAMethod(nn.Module):
             extra, addon_stats = addon(self, state)
             g.update(extra)
             stats.update(addon_stats)
-        self.backward(sum(g.values()))
+        self.backward(sum_losses(g))
         d = self.discriminator_losses(state)
         for addon in self.addons:
             d.update(getattr(addon, "discriminator_losses", lambda m, s: {})(self, state))
         if d:
-            self.backward(sum(d.values()))
+            self.backward(sum_losses(d))
         return StepResult({k: float(v.detach()) for k, v in g.items()},
                           {k: float(v.detach()) for k, v in d.items()}, stats)
 

@@ -41,8 +41,8 @@ class MeanTeacher(nn.Module):
         a = self.momentum(step)
         for t, s in zip(self.model.parameters(), student.parameters()):
             t.mul_(a).add_(s.detach().to(t.dtype), alpha=1.0 - a)
-        for t, s in zip(self.model.buffers(), student.buffers()):
-            t.copy_(s)
+        for tb, sb in zip(self.model.buffers(), student.buffers()):
+            tb.copy_(sb)
 
     @torch.no_grad()
     def forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]

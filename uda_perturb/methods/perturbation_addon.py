@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..losses import SOURCE_LABEL, TARGET_LABEL, bce_to, upsample
+from ..models.segmentor import SegmentorOutput
 from ..perturb import Perturber
 from ..registry import ADDONS
 from .base import StepState, UDAMethod
@@ -69,6 +70,8 @@ class PerturbationAddon(nn.Module):
         classifier = method.segmentor.classifier
         losses, stats = {}, {}
         # (name, perturber domain, output, labels, pixel weights, output size, loss weight)
+        sides: list[tuple[str, str, SegmentorOutput, Optional[torch.Tensor], Optional[torch.Tensor],
+                          Optional[tuple[int, int]], float]]
         sides = [("source", "source", state.source, state.labels, None, None, self.lambda_source)]
         if state.target is not None:
             sides.append(("target", "target", state.target, None, None, state.target_size, self.lambda_target))

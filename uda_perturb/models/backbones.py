@@ -3,7 +3,7 @@ and exposes ``out_channels``, ``aux_channels`` and ``output_stride``. No weights
 ``weights=`` names a local checkpoint (or a torchvision weights name)."""
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, cast
 
 import torch
 import torchvision
@@ -37,7 +37,7 @@ def _norm_layer(bn: str) -> Callable[[int], nn.Module]:
 
 def _finish(model: Backbone, bn: str, weights: Optional[str]) -> Backbone:
     if weights:
-        load_weights(model.body if hasattr(model, "body") else model, weights)
+        load_weights(cast(nn.Module, getattr(model, "body", model)), weights)
     if bn == "affine_frozen":  # DeepLab-v2 official: BN affine fixed, batch statistics still used
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -56,15 +56,47 @@ def _dilate(layer: nn.Sequential, dilation: int) -> None:
                 module.dilation, module.padding = (dilation, dilation), (dilation, dilation)
 
 
-class ResNetBackbone(Backbone):
-    """torchvision ResNet at output stride 8: layer3 dilated 2, layer4 dilated 4, maxpool with ceil_mode
-    (DeepLab-v2 layout). ``aux`` is layer3, ``out`` is layer4."""
+LAYOUTS = ("torchvision", "deeplabv2")
 
-    def __init__(self, depth: int, bn: str = "train", weights: Optional[str] = None) -> None:
+
+def _deeplabv2_layout(body: nn.Module) -> None:
+    """Turn an undilated torchvision Bottleneck ResNet into DeepLab-v2's (Caffe ResNet, as AdaptSegNet's
+    ``deeplab_multi.py`` and ADVENT's ``deeplabv2.py``): a downsampling block strides its first 1x1 conv, not
+    its 3x3; layer3 and layer4 keep stride 1 and dilate the 3x3 conv of **every** block by 2 and 4."""
+    for name, dilation in (("layer2", 1), ("layer3", 2), ("layer4", 4)):
+        layer = getattr(body, name)
+        first = layer[0]
+        stride = 2 if name == "layer2" else 1
+        first.conv1.stride, first.conv2.stride = (stride, stride), (1, 1)
+        if first.downsample is not None:
+            first.downsample[0].stride = (stride, stride)
+        for block in layer:
+            block.conv2.dilation, block.conv2.padding = (dilation, dilation), (dilation, dilation)
+
+
+class ResNetBackbone(Backbone):
+    """ResNet at output stride 8 with a ceil-mode maxpool; ``aux`` is layer3, ``out`` is layer4.
+
+    ``layout="torchvision"`` (default): torchvision's dilated ResNet (stride on the 3x3 conv, the first block
+    of layer3/layer4 dilated 1/2), the network torchvision ImageNet weights were trained as.
+    ``layout="deeplabv2"`` (Bottleneck depths): the Caffe DeepLab-v2 ResNet of AdaptSegNet/ADVENT/APODA,
+    the network the DeepLab init checkpoints were trained as. Parameter shapes are the same in both, so the
+    layout must match the weights."""
+
+    def __init__(self, depth: int, bn: str = "train", weights: Optional[str] = None,
+                 layout: str = "torchvision") -> None:
         super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        if layout == "deeplabv2" and depth < 50:
+            raise ValueError("layout 'deeplabv2' exists for Bottleneck ResNets (50, 101, 152) only")
         ctor = getattr(torchvision.models, f"resnet{depth}")
         norm = _norm_layer(bn)
-        if depth >= 50:
+        self.layout = layout
+        if layout == "deeplabv2":
+            body = ctor(weights=None, norm_layer=norm)
+            _deeplabv2_layout(body)
+        elif depth >= 50:
             body = ctor(weights=None, replace_stride_with_dilation=[False, True, True], norm_layer=norm)
         else:  # BasicBlock refuses dilation in its constructor: dilate after building
             body = ctor(weights=None, norm_layer=norm)
@@ -86,19 +118,21 @@ class ResNetBackbone(Backbone):
 
 for _depth in (18, 34, 50, 101, 152):
     def _make(depth: int) -> Callable[..., Backbone]:
-        def factory(bn: str = "train", weights: Optional[str] = None) -> Backbone:
-            return _finish(ResNetBackbone(depth, bn, weights=None), bn, weights)
+        def factory(bn: str = "train", weights: Optional[str] = None, layout: str = "torchvision") -> Backbone:
+            return _finish(ResNetBackbone(depth, bn, weights=None, layout=layout), bn, weights)
 
         factory.__name__ = f"resnet{depth}"
-        factory.__doc__ = f"ResNet-{depth} at output stride 8 (DeepLab layout); bn in {BN_MODES}."
+        factory.__doc__ = (f"ResNet-{depth} at output stride 8; bn in {BN_MODES}; layout in {LAYOUTS} "
+                           "(deeplabv2: the Caffe DeepLab-v2 network of the paper recipes).")
         return factory
 
     BACKBONES.register(f"resnet{_depth}", _make(_depth))
 
 
 class VGG16Backbone(Backbone):
-    """DeepLab-v2 VGG-16: pool4 and pool5 removed, conv5 dilated 2; output stride 8.
-    ``aux`` is conv4_3 (512 ch), ``out`` is conv5_3 (512 ch)."""
+    """DeepLab-v2 VGG-16 as AdaptSegNet's ``deeplab_vgg.py``: pool4 and pool5 removed, conv5 dilated 2, then
+    fc6 (3x3, dilation 4, 1024 ch) and fc7 (3x3, dilation 4, 1024 ch, as that code; DeepLab's LargeFOV used a
+    1x1 fc7), each followed by ReLU; output stride 8. ``aux`` is conv4_3 (512 ch), ``out`` is fc7 (1024 ch)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -107,12 +141,15 @@ class VGG16Backbone(Backbone):
         # indices 23 and 30 are pool4 and pool5; conv5 convs are 24, 26, 28
         for i in (24, 26, 28):
             layers[i].dilation, layers[i].padding = (2, 2), (2, 2)
-        self.body = nn.ModuleDict({"features": nn.Sequential(*layers[:23]), "conv5": nn.Sequential(*layers[24:30])})
-        self.out_channels, self.aux_channels, self.output_stride = 512, 512, 8
+        fc = nn.Sequential(nn.Conv2d(512, 1024, 3, padding=4, dilation=4), nn.ReLU(inplace=True),
+                           nn.Conv2d(1024, 1024, 3, padding=4, dilation=4), nn.ReLU(inplace=True))
+        self.body = nn.ModuleDict({"features": nn.Sequential(*layers[:23]), "conv5": nn.Sequential(*layers[24:30]),
+                                   "fc": fc})
+        self.out_channels, self.aux_channels, self.output_stride = 1024, 512, 8
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         aux = self.body["features"](x)
-        return {"aux": aux, "out": self.body["conv5"](aux)}
+        return {"aux": aux, "out": self.body["fc"](self.body["conv5"](aux))}
 
 
 @BACKBONES.register("vgg16")

@@ -1,6 +1,8 @@
 """Classifier heads F (registry ``HEADS``): ``head(in_channels, num_classes, **kw)``."""
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
@@ -21,12 +23,12 @@ class ASPPv2(nn.Module):
         super().__init__()
         if branches not in range(1, len(dilations) + 1):
             raise ValueError(f"branches must be in 1..{len(dilations)}, got {branches}")
-        self.convs = nn.ModuleList(
-            nn.Conv2d(in_channels, num_classes, 3, padding=d, dilation=d, bias=True) for d in dilations[:branches]
-        )
-        for conv in self.convs:
+        convs = [nn.Conv2d(in_channels, num_classes, 3, padding=d, dilation=d, bias=True)
+                 for d in dilations[:branches]]
+        for conv in convs:
             nn.init.normal_(conv.weight, 0.0, 0.01)
-            nn.init.zeros_(conv.bias)
+            nn.init.zeros_(cast(torch.Tensor, conv.bias))
+        self.convs = nn.ModuleList(convs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.convs[0](x)

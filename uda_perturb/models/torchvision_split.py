@@ -5,7 +5,7 @@ from typing import Union
 
 import torch
 from torch import nn
-from torchvision.models.segmentation import FCN, DeepLabV3, LRASPP
+from torchvision.models.segmentation import FCN, LRASPP, DeepLabV3
 
 from ..losses import upsample
 
