@@ -162,3 +162,15 @@ def test_median_frequency_weights_on_real_camvid_favour_the_tail(camvid_root):
     # SegNet's published CamVid weights have the same ordering: rare thin classes >> 1 > sky, building, road
     assert min(w["Pole"], w["Pedestrian"], w["SignSymbol"], w["Bicyclist"]) > 3.0
     assert max(w["Road"], w["Building"], w["Sky"]) < 0.5
+
+
+def test_camvid_held_out_dusk_frames_follow_the_protocol(camvid_root):
+    adapt = up.DATASETS.build("camvid", root=str(camvid_root), split="train", sequences=["0001TP"],
+                              frames=[6690, 7860])
+    held = up.DATASETS.build("camvid", root=str(camvid_root), split="train", sequences=["0001TP"],
+                             frames=[7890, 8520])
+    assert len(adapt) == 40 and len(held) == 22 and not {p.name for p in adapt.images} & {p.name for p in held.images}
+    assert (adapt.images[0].name, adapt.images[-1].name) == ("0001TP_006690.png", "0001TP_007860.png")
+    assert (held.images[0].name, held.images[-1].name) == ("0001TP_007890.png", "0001TP_008520.png")
+    with pytest.raises(ValueError, match="first <= last"):
+        up.DATASETS.build("camvid", root=str(camvid_root), frames=[9, 1])

@@ -13,14 +13,25 @@ DAY_SEQUENCES = ("0006R0", "0016E5", "Seq05VD")
 DUSK_SEQUENCES = ("0001TP",)
 
 
+def frame_number(path: str) -> int:
+    """The video frame number in a CamVid file name (``0001TP_006690.png`` -> 6690, ``Seq05VD_f00120`` -> 120)."""
+    digits = "".join(c for c in Path(path).stem.rsplit("_", 1)[-1] if c.isdigit())
+    return int(digits) if digits else -1
+
+
 @DATASETS.register("camvid")
 def camvid(root: str, split: Union[str, Sequence[str]] = "train", transform: Optional[Transform] = None,
-           sequences: Optional[Sequence[str]] = None, labelled: bool = True) -> PairedSegmentationDataset:
+           sequences: Optional[Sequence[str]] = None, labelled: bool = True,
+           frames: Optional[Sequence[int]] = None) -> PairedSegmentationDataset:
     """CamVid, 11 classes (index 11 "Unlabelled" -> 255).
 
     ``split`` is one list-file name or several (``["train", "val"]``); ``sequences`` keeps only frames whose
-    file name starts with one of the given sequence prefixes (``["0001TP"]`` = the dusk frames).
+    file name starts with one of the given sequence prefixes (``["0001TP"]`` = the dusk frames); ``frames:
+    [first, last]`` keeps the frame numbers in that range (``0001TP_006690`` is frame 6690), e.g. the protocol's
+    adaptation frames ``[6690, 7860]`` and held-out evaluation frames ``[7890, 8520]``.
     """
+    if frames is not None and (len(frames) != 2 or frames[0] > frames[1]):
+        raise DataError(f"camvid: frames must be [first, last] with first <= last, got {list(frames)}")
     root_p = Path(root)
     splits = [split] if isinstance(split, str) else list(split)
     images, labels = [], []
@@ -36,6 +47,8 @@ def camvid(root: str, split: Union[str, Sequence[str]] = "train", transform: Opt
                 raise DataError(f"camvid: {list_path}:{n}: expected 'image label', got {line!r}")
             img, lab = parts
             if sequences and not any(Path(img).name.startswith(q) for q in sequences):
+                continue
+            if frames is not None and not frames[0] <= frame_number(img) <= frames[1]:
                 continue
             images.append(root_p / img)
             labels.append(root_p / lab if labelled else None)
