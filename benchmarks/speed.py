@@ -32,6 +32,10 @@ MODELS = {
                            backbone_kwargs={"bn": "affine_frozen"}),
     "cpu": dict(head="aspp_v2", backbone="lite", num_classes=11, backbone_kwargs={"width": 24},
                 head_kwargs={"dilations": (1, 2, 4, 6)}),
+    # the pretrained CamVid recipe's model (weights do not change the time: built without them)
+    "pretrained_lite0": dict(head="deeplabv3", backbone="efficientnet_lite0", num_classes=11,
+                             backbone_kwargs={"output_stride": 8, "pretrained": False},
+                             head_kwargs={"atrous_rates": (3, 6, 9)}),
 }
 METHODS = {
     "source_only": ("source_only", [], {}),
@@ -41,21 +45,29 @@ METHODS = {
     "apoda": ("apoda", [], {}),
     "apoda_steps3": ("apoda", [], {"perturbation": {"steps": 3}}),
     "advent+perturbation": ("advent", ["perturbation"], {"minent_weights": [0.001]}),
+    "apoda+random": ("apoda", [], {"perturbation": {"source_attacks": ["random"], "target_attacks": ["random"]}}),
+    "dacs": ("dacs", [], {}),
+    "dacs+perturbation": ("dacs", ["perturbation"], {}),
 }
+
+
+CHANNELS_LAST = False  # set by --channels-last: model and images channels-last, as train.channels_last does
 
 
 def make(model: str, method: str, device: torch.device):
     torch.manual_seed(0)
     seg = up.build_segmentor(**MODELS[model])
     name, addons, opts = METHODS[method]
-    return build_method(name, seg, addons, opts).to(device).train()
+    m = build_method(name, seg, addons, opts).to(device).train()
+    return m.to(memory_format=torch.channels_last) if CHANNELS_LAST else m
 
 
 def batches(model: str, size, batch: int, device: torch.device):
     k = MODELS[model]["num_classes"]
-    s = {"image": torch.randn(batch, 3, *size, device=device),
+    fmt = torch.channels_last if CHANNELS_LAST else torch.contiguous_format
+    s = {"image": torch.randn(batch, 3, *size, device=device).contiguous(memory_format=fmt),
          "label": torch.randint(0, k, (batch, *size), device=device)}
-    return s, {"image": torch.randn(batch, 3, *size, device=device)}
+    return s, {"image": torch.randn(batch, 3, *size, device=device).contiguous(memory_format=fmt)}
 
 
 def sync(device: torch.device) -> None:
@@ -154,14 +166,21 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
+    ap.add_argument("--channels-last", action="store_true", help="model and images channels-last")
+    ap.add_argument("--threads", type=int, help="torch threads (benchmark runs use 1 each, 2 in parallel)")
+    ap.add_argument("--skip-memory", action="store_true", help="time only")
     ap.add_argument("--out")
     args = ap.parse_args()
+    global CHANNELS_LAST
+    CHANNELS_LAST = args.channels_last
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_child:
         memory_child(args.model, args.memory_child, args.size, args.batch)
         return
     device = torch.device(args.device)
     step = measure_time(args, device)
-    mem = measure_memory(args, device)
+    mem = {m: float("nan") for m in args.methods} if args.skip_memory else measure_memory(args, device)
     base_t, base_m = step["source_only"], mem["source_only"]
     asn_t, asn_m = step.get("adaptsegnet"), mem.get("adaptsegnet")
     rows = [{"method": m, "step_s": step[m], "time_vs_source_only": step[m] / base_t,
@@ -183,7 +202,8 @@ def main() -> None:
                   f"{f(r['mem_vs_adaptsegnet'])} |")
     md += ["", "Targets: APODA step at most 1.25x an AdaptSegNet step, peak memory at most 1.15x."]
     write_results(name, {"model": args.model, "size": args.size, "batch": args.batch, "rows": rows,
-                         "repeats": args.repeats, "device": str(device), "amp": args.amp}, "\n".join(md))
+                         "repeats": args.repeats, "device": str(device), "amp": args.amp,
+                         "channels_last": args.channels_last, "threads": torch.get_num_threads()}, "\n".join(md))
     print("\n".join(md))
 
 

@@ -50,7 +50,7 @@ SETUPS: dict[str, dict[str, Any]] = {
                "pretrain_lr": 0.01, "adapt_lr": 0.0025, "overrides": []},
     "camvid_pretrained": {"recipe": "camvid_day2dusk_pretrained", "target": "target_dusk_heldout",
                           "also": "target_dusk", "source": "source_test", "groups": ["tail", "head"],
-                          "pretrain_iters": 600, "iters": 200, "batch": 4, "pretrain_batch": 8,
+                          "pretrain_iters": 600, "iters": 100, "batch": 4, "pretrain_batch": 8,
                           "pretrain_lr": None, "adapt_lr": 1.0e-4, "overrides": HELD_OUT_DUSK},
     "synthetic": {"recipe": "synthetic_demo", "target": "target_test", "source": "source_test",
                   "groups": ["tail", "head"], "pretrain_iters": 1500, "iters": 400, "batch": 4, "pretrain_batch": 8,
