@@ -23,6 +23,7 @@ from uda_perturb.errors import CheckpointError
     ("model.backbone_options={widht: 8}", r"did you mean 'model.backbone_options.width'"),
     ("model.head_options={dilation: [1, 2]}", r"did you mean 'model.head_options.dilations'"),
     ("method.addons=[{name: perturbation, stepz: 3}]", r"did you mean 'method.addons\[0\].steps'"),
+    ("method.addons=[{name: perturbation, attacks: [random]}]", r"unknown option 'method.addons\[0\].attacks'"),
     ("method.name=apod", r"'method.name': unknown method 'apod'. Did you mean 'apoda'"),
 ])
 def test_option_mappings_are_checked_against_signatures(override, message):
