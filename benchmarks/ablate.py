@@ -45,6 +45,15 @@ def variants() -> dict[str, dict]:
     return v
 
 
+def dacs_variants() -> dict[str, list[str]]:
+    """Name -> overrides of the DACS radius ablation: no add-on, and the add-on at three relative radii."""
+    v = {"dacs (no add-on)": ["method.name=dacs"]}
+    for e in (0.05, 0.1, 0.2):
+        v[f"dacs + perturbation, eps {e} relative"] = [
+            "method.name=dacs", f"method.addons=[{{name: perturbation, eps: {e}, eps_mode: relative}}]"]
+    return v
+
+
 def to_yaml(d: dict) -> str:
     return json.dumps(d)  # JSON is valid YAML flow syntax
 
@@ -105,11 +114,14 @@ def main() -> None:
                     help="source-test mIoU points within which the target entropy breaks the tie")
     ap.add_argument("--name", help="results file stem (default ablate_<dataset>)")
     ap.add_argument("--only", nargs="*", help="substrings of variant names to run")
+    ap.add_argument("--method", choices=["apoda", "dacs"], default="apoda",
+                    help="apoda: the APODA variants; dacs: the perturbation add-on's radius on DACS")
     args = ap.parse_args()
     setup = SETUPS[args.dataset]
     iters = args.iters or setup["iters"]
-    work = Path(args.work_dir) / f"ablate_{args.dataset}"
-    common = ["data.num_workers=0", "train.checkpoint_every=0", "train.eval_every=0"]
+    work = Path(args.work_dir) / f"ablate_{args.method}_{args.dataset}"
+    common = ["data.num_workers=0", "train.checkpoint_every=0", "train.eval_every=0", *setup["overrides"]]
+    pre_lr = [f"train.lr={setup['pretrain_lr']}"] if setup["pretrain_lr"] is not None else []
     logs = work / "logs"
     start = time.time()
     pre = None
@@ -117,20 +129,27 @@ def main() -> None:
         weights = Path(args.warm_start)
     else:
         pre = Run("warm start", common + ["method.name=source_only", f"train.iters={setup['pretrain_iters']}",
-                                          "train.lr=0.01", f"data.batch_size={setup['pretrain_batch']}"],
-                  Path(args.work_dir) / f"compare_{args.dataset}" / "pretrain_plain")
+                                          *pre_lr, f"data.batch_size={setup['pretrain_batch']}"],
+                  Path(args.work_dir) / f"compare_{args.dataset}" / "pretrain_plain_s0")
         run_all(setup["recipe"], [pre], 1, logs)
         weights = pre.run_dir / "segmentor.pt"
     runs = []
-    for i, (name, pert) in enumerate(variants().items()):
+    overrides: dict[str, list[str]] = {}
+    if args.method == "dacs":
+        overrides = dacs_variants()
+    else:
+        for name, pert in variants().items():
+            pert = dict(pert)
+            method_opts = {**BASE, **pert.pop("_method", {}), "perturbation": pert}
+            overrides[name] = ["method.name=apoda", f"method.options={to_yaml(method_opts)}"]
+    for i, (name, extra) in enumerate(overrides.items()):
         if args.only and not any(o in name for o in args.only):
             continue
-        pert = dict(pert)
-        method_opts = {**BASE, **pert.pop("_method", {}), "perturbation": pert}
         for seed in args.seeds:
-            runs.append(Run(name, common + ["method.name=apoda", f"method.options={to_yaml(method_opts)}",
-                                            f"model.weights={weights}", f"train.iters={iters}", "train.lr=0.0025",
-                                            f"data.batch_size={setup['batch']}"], work / f"v{i:02d}_s{seed}", seed))
+            runs.append(Run(name, common + extra + [f"model.weights={weights}", f"train.iters={iters}",
+                                                    f"train.lr={setup['adapt_lr']}",
+                                                    f"data.batch_size={setup['batch']}"],
+                            work / f"v{i:02d}_s{seed}", seed))
     run_all(setup["recipe"], runs, args.jobs, logs)
     agg = aggregate(runs)
     reference = aggregate([pre]) if pre is not None else {}
@@ -156,10 +175,12 @@ def main() -> None:
            "train_seconds_all_runs": round(train_seconds(runs)), "date": time.strftime("%Y-%m-%d %H:%M")}
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
-    name = args.name or f"ablate_{args.dataset}"
+    name = args.name or (f"ablate_{args.dataset}" if args.method == "apoda" else f"ablate_dacs_{args.dataset}")
     png = plot_eps_sweep(agg, reference, s, t, out / f"{name}_eps.png", args.dataset)
-    md = [f"# APODA ablations on {args.dataset}", "",
-          f"APODA (AdaptSegNet + perturbation defense), {iters} adaptation iterations from the shared source-only "
+    what = ("APODA (AdaptSegNet + perturbation defense)" if args.method == "apoda" else
+            "DACS with and without the perturbation add-on at three radii")
+    md = [f"# {'APODA' if args.method == 'apoda' else 'DACS radius'} ablations on {args.dataset}", "",
+          f"{what}, {iters} adaptation iterations from the shared source-only "
           f"warm start, seeds {args.seeds} per variant (mean ± std over seeds; see compare results for the "
           "seed spread of the other methods). Selection, with no target label: the highest source-domain "
           f"test mIoU ({s}); among variants within {args.tolerance} points of it, the lowest mean prediction "
