@@ -14,15 +14,14 @@ WeightSpec = Union[str, Sequence[float], None]
 SCHEMES = ("median_frequency",)
 
 
-def label_statistics(dataset: Dataset, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(pixel_count[c], pixels_of_images_containing[c])`` over the dataset's labels (ignore label skipped).
+def per_image_class_pixels(dataset: Dataset, num_classes: int) -> np.ndarray:
+    """``N x K`` pixel counts of each class in each item's label (ignore label skipped; unlabelled items count 0).
 
     Reads raw labels through ``dataset.read_label`` when the dataset has it (no image decoding), else items.
     """
-    counts = np.zeros(num_classes, dtype=np.float64)
-    present = np.zeros(num_classes, dtype=np.float64)
+    counts = np.zeros((len(dataset), num_classes), dtype=np.int64)  # type: ignore[arg-type]
     reader = getattr(dataset, "read_label", None)
-    for i in range(len(dataset)):  # type: ignore[arg-type]
+    for i in range(len(counts)):
         label = reader(i) if reader is not None else dataset[i]["label"]
         if label is None:
             continue
@@ -30,10 +29,15 @@ def label_statistics(dataset: Dataset, num_classes: int) -> tuple[np.ndarray, np
         lab = lab[lab != IGNORE_INDEX]
         if lab.numel() and int(lab.max()) >= num_classes:
             raise ValueError(f"label value {int(lab.max())} >= num_classes {num_classes} in item {i}")
-        hist = np.bincount(lab.numpy(), minlength=num_classes).astype(np.float64)
-        counts += hist
-        present += (hist > 0) * lab.numel()
-    return counts, present
+        counts[i] = np.bincount(lab.numpy(), minlength=num_classes)
+    return counts
+
+
+def label_statistics(dataset: Dataset, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(pixel_count[c], pixels_of_images_containing[c])`` over the dataset's labels (ignore label skipped)."""
+    per_image = per_image_class_pixels(dataset, num_classes).astype(np.float64)
+    labelled = per_image.sum(axis=1, keepdims=True)
+    return per_image.sum(axis=0), ((per_image > 0) * labelled).sum(axis=0)
 
 
 def median_frequency_weights(counts: np.ndarray, present: np.ndarray) -> np.ndarray:

@@ -288,6 +288,12 @@ def load_config(name: str | Path, overrides: Optional[list[str]] = None) -> Expe
     return build_config(apply_overrides(load_raw(name), overrides or []))
 
 
+def dataset_entries(cfg: ExperimentConfig) -> list[tuple[str, DatasetConfig]]:
+    """Every dataset of a config with its key: ``data.source``, ``data.target``, ``data.eval.<name>``."""
+    return [("data.source", cfg.data.source), ("data.target", cfg.data.target),
+            *((f"data.eval.{name}", d) for name, d in cfg.data.eval.items())]
+
+
 def to_dict(cfg: ExperimentConfig) -> dict:
     """Plain nested dict of a config."""
     return dataclasses.asdict(cfg)

@@ -90,7 +90,7 @@ def check_config_options(cfg: Any) -> None:
             settings = {k: v for k, v in spec.items() if k != "name"}
             check_options(addon, settings, f"method.addons[{i}]", forward=Perturber if name == "perturbation"
                           else None, what=f"add-on {name!r}")
-    splits = [("data.source", cfg.data.source), ("data.target", cfg.data.target),
-              *((f"data.eval.{n}", d) for n, d in cfg.data.eval.items())]
-    for key, d in splits:
+    from .config import dataset_entries
+
+    for key, d in dataset_entries(cfg):
         check_options(get(DATASETS, d.name, f"{key}.name"), d.options, f"{key}.options", what=f"dataset {d.name!r}")

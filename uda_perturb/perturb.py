@@ -86,6 +86,15 @@ def _position_norm(x: torch.Tensor) -> torch.Tensor:
     return x.float().norm(dim=1, keepdim=True)
 
 
+def _summary(delta: torch.Tensor, f0: torch.Tensor, moved: torch.Tensor, loss_before: float,
+             loss_after: Optional[float]) -> PerturbStats:
+    """Per-position norms of the displacement ``delta`` of ``f0``, and the share of positions ``moved``."""
+    norms = _position_norm(delta)
+    rel = norms / (_position_norm(f0) + _TINY)
+    return PerturbStats(float(norms.mean()), float(norms.max()), float(rel.mean()), float(moved.float().mean()),
+                        loss_before, loss_after)
+
+
 class Perturber(nn.Module):
     """Pointwise feature perturbation with configurable attack objectives and defense losses.
 
@@ -299,12 +308,8 @@ class Perturber(nn.Module):
             if measure:
                 with torch.no_grad():
                     loss_after = float(self._attack_loss(attacks, ctx, perturbed))  # type: ignore[arg-type]
-        norms = _position_norm(delta)
-        rel = norms / (_position_norm(f0) + _TINY)
-        stats = PerturbStats(float(norms.mean()), float(norms.max()), float(rel.mean()),
-                             float(moved.float().mean()), loss_before, loss_after)
         assert ctx is not None
-        return perturbed, stats, ctx
+        return perturbed, _summary(delta, f0, moved, loss_before, loss_after), ctx
 
     def _control(self, term: _Term, f0: torch.Tensor, classifier: Classifier, labels: Optional[torch.Tensor],
                  domain: str, discriminator: Optional[nn.Module], clean_logits: Optional[torch.Tensor],
@@ -321,12 +326,8 @@ class Perturber(nn.Module):
                                self.discriminator_input, output_size, self.ignore_index, class_weights, pixel_weights)
         with torch.no_grad():
             delta = term.module.displacement(f0.float(), self._radius(f0, self.eps), self.norm)  # type: ignore
-        norms = _position_norm(delta)
         perturbed = (f0.float() + delta).to(f0.dtype).contiguous().detach()
-        rel = norms / (_position_norm(f0) + _TINY)
-        stats = PerturbStats(float(norms.mean()), float(norms.max()), float(rel.mean()),
-                             float((norms > 0).float().mean()), 0.0, None)
-        return perturbed, stats, ctx
+        return perturbed, _summary(delta, f0, _position_norm(delta) > 0, 0.0, None), ctx
 
     def forward(self, features: torch.Tensor, classifier: Classifier, *, labels: Optional[torch.Tensor] = None,
                 domain: str = "source", discriminator: Optional[nn.Module] = None,

@@ -12,24 +12,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Sampler
 
 from ..errors import DataError
-from ..losses import IGNORE_INDEX
-
-
-def per_image_class_pixels(dataset: Dataset, num_classes: int) -> np.ndarray:
-    """``N x K`` pixel counts of each class in each image's raw label (ignore label skipped)."""
-    reader = getattr(dataset, "read_label", None)
-    counts = np.zeros((len(dataset), num_classes), dtype=np.int64)  # type: ignore[arg-type]
-    for i in range(len(counts)):
-        label = reader(i) if reader is not None else dataset[i]["label"]
-        if label is None:
-            continue
-        lab = torch.as_tensor(label).reshape(-1)
-        lab = lab[lab != IGNORE_INDEX]
-        counts[i] = np.bincount(lab.numpy(), minlength=num_classes)[:num_classes]
-    return counts
 
 
 def class_probabilities(class_pixels: Sequence[float], temperature: float = 0.01) -> tuple[np.ndarray, np.ndarray]:

@@ -13,8 +13,9 @@ from typing import Iterator, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..class_balance import per_image_class_pixels
 from ..config import DatasetConfig, RareClassSamplingConfig
-from ..data.rare_class_sampling import RareClassSampler, per_image_class_pixels
+from ..data.rare_class_sampling import RareClassSampler
 from ..data.transforms import build_transforms
 from ..registry import DATASETS
 from .distributed import DistInfo

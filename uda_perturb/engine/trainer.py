@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..class_balance import resolve_class_weights
-from ..config import ConfigError, ExperimentConfig, dump_yaml, to_dict
+from ..config import ConfigError, ExperimentConfig, dataset_entries, dump_yaml, to_dict
 from ..methods import UDAMethod, build_method
 from ..metrics import EntropyMeter, subset_indices
 from ..models.segmentor import Segmentor, build_segmentor
@@ -78,9 +78,7 @@ def check_normalization(cfg: ExperimentConfig, segmentor: Segmentor) -> None:
     want = getattr(segmentor.backbone, "input_normalization", None)
     if want is None:
         return
-    splits = [("data.source", cfg.data.source), ("data.target", cfg.data.target),
-              *((f"data.eval.{name}", d) for name, d in cfg.data.eval.items())]
-    for key, dcfg in splits:
+    for key, dcfg in dataset_entries(cfg):
         if dcfg.transforms.normalize != want:
             raise ConfigError(f"config key '{key}.transforms.normalize' is {dcfg.transforms.normalize!r}, but the "
                               f"weights of backbone {cfg.model.backbone!r} expect {want!r}: set it to {want!r}")

@@ -18,6 +18,18 @@ def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     raise ValueError("the checkpoint holds no state dict (expected a mapping of names to tensors)")
 
 
+def read_state_dict(weights: str) -> dict[str, torch.Tensor]:
+    """The state dict in a local file (loaded with ``weights_only=True``) or of a torchvision weights name
+    such as ``"ResNet50_Weights.IMAGENET1K_V1"`` (torchvision may download it; tests never do)."""
+    if os.path.exists(weights):
+        return _unwrap_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    if "_Weights." in weights:
+        from torchvision.models import get_weight
+
+        return dict(get_weight(weights).get_state_dict(progress=True))
+    raise FileNotFoundError(f"weights {weights!r}: no such file (and not a torchvision weights name)")
+
+
 def load_weights(model: nn.Module, weights: str, *, strict: bool = False) -> tuple[list[str], list[str]]:
     """Load ``weights`` into ``model`` and return ``(missing, unexpected)`` keys.
 
@@ -26,14 +38,7 @@ def load_weights(model: nn.Module, weights: str, *, strict: bool = False) -> tup
     differ (e.g. a classifier for another number of classes) are skipped and reported as missing.
     Raises ``ValueError`` when no key matches at all, which means a wrong file.
     """
-    if os.path.exists(weights):
-        state = _unwrap_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    elif "_Weights." in weights:
-        from torchvision.models import get_weight
-
-        state = get_weight(weights).get_state_dict(progress=True)
-    else:
-        raise FileNotFoundError(f"weights {weights!r}: no such file (and not a torchvision weights name)")
+    state = read_state_dict(weights)
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
@@ -61,7 +66,7 @@ def checkpoint_format(state: dict[str, torch.Tensor]) -> str:
     return "segmentor"
 
 
-def _to_segmentor_keys(state: dict[str, torch.Tensor], fmt: str, model: nn.Module) -> dict[str, torch.Tensor]:
+def _to_segmentor_keys(state: dict[str, torch.Tensor], fmt: str) -> dict[str, torch.Tensor]:
     """Rename a checkpoint's keys to the segmentor's (backbone body, and the DeepLab head when it fits)."""
     if fmt == "segmentor":
         return state
@@ -95,16 +100,9 @@ def load_segmentor_weights(segmentor: nn.Module, weights: str) -> dict[str, Any]
     when its class count matches, skipped otherwise), torchvision ImageNet checkpoints (into the backbone) and
     this toolkit's own. Sets ``segmentor.backbone.input_normalization`` to what the weights expect and returns
     a report ``{format, loaded, missing, unexpected, skipped_head}``; raises when no key matches."""
-    if not os.path.exists(weights):
-        if "_Weights." not in weights:
-            raise FileNotFoundError(f"weights {weights!r}: no such file (and not a torchvision weights name)")
-        from torchvision.models import get_weight
-
-        state = dict(get_weight(weights).get_state_dict(progress=True))
-    else:
-        state = _unwrap_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    state = read_state_dict(weights)
     fmt = checkpoint_format(state)
-    renamed = _to_segmentor_keys(state, fmt, segmentor)
+    renamed = _to_segmentor_keys(state, fmt)
     own = segmentor.state_dict()
     usable = {k: v for k, v in renamed.items() if k in own and own[k].shape == v.shape}
     if not usable:
