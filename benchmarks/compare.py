@@ -1,12 +1,11 @@
-"""Method comparison on CamVid day -> dusk (or ``--dataset synthetic``); see uda_perturb/bench_compare.py.
+"""Method comparison (CamVid day -> dusk, pretrained CamVid, synthetic).
 
-    python benchmarks/compare.py                      # full: 5 methods x 2 aug arms x 3 seeds (~2 h, 2 cores)
-    python benchmarks/compare.py --quick              # smoke test, minutes
-    python benchmarks/compare.py --dataset synthetic
+Entry point of `uda_perturb.bench.compare` (see its docstring and `--help`); writes under benchmarks/results/.
 """
 import sys
+from pathlib import Path
 
-from uda_perturb.bench_compare import main
+from uda_perturb.bench.compare import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(results_dir=Path(__file__).resolve().parent / "results"))

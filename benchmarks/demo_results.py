@@ -1,32 +1,11 @@
-"""The README's main job (`uda-perturb demo`) with its tables written under results/ like every benchmark:
+"""The README's main job (uda-perturb demo) with its tables written under results/.
 
-    python benchmarks/demo_results.py [--iters 300] [--seed 0]
+Entry point of `uda_perturb.bench.demo_results` (see its docstring and `--help`); writes under benchmarks/results/.
 """
-from __future__ import annotations
+import sys
+from pathlib import Path
 
-import argparse
-import tempfile
-
-from _env import write_results
-
-from uda_perturb.demo import comparison_table, reading, run_demo
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--iters", type=int, default=300)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as out:
-        results = run_demo(out, iters=args.iters, seed=args.seed, progress=False)
-    md = ["# Demo: synthetic day -> dusk (`uda-perturb demo`)", "",
-          f"Source-only warm start ({args.iters} iterations), then {max(args.iters // 3, 1)} more iterations of each "
-          f"method from it; seed {args.seed}.", "", reading(results), "", "## Target (dusk) test", "",
-          comparison_table(results, "target_test"), "", "## Source (day) test", "",
-          comparison_table(results, "source_test")]
-    strip = {m: {s: {k: v for k, v in r.items() if k != "table"} for s, r in res.items()} for m, res in results.items()}
-    write_results("demo_synthetic", {"seed": args.seed, "iters": args.iters, "results": strip}, "\n".join(md))
-
+from uda_perturb.bench.demo_results import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(results_dir=Path(__file__).resolve().parent / "results"))

@@ -51,3 +51,23 @@ def test_aggregate_keeps_the_label_free_target_entropy(tmp_path):
     agg = aggregate(runs)
     assert agg["x"]["t"]["mean_entropy"]["mean"] == pytest.approx(35.0)
     assert "pixel_accuracy" not in agg["x"]["t"]
+
+
+def test_protocol_gives_each_seed_its_own_warm_start_and_one_folder_per_run(tmp_path):
+    from uda_perturb.bench import Protocol
+
+    p = Protocol("camvid_pretrained", tmp_path, pre_iters=600, iters=100, adapt_lr=1e-4)
+    warm = p.warm_starts([True], [0, 1, 2])
+    assert [w.run_dir.name for w in warm] == ["pretrain_aug_s0", "pretrain_aug_s1", "pretrain_aug_s2"]
+    run = p.adaptation("dacs+perturbation eps0.05", True, 2)
+    assert run.run_dir == tmp_path / "dacs_perturbation_eps0.05_aug_s2"
+    assert run.label == "dacs+perturbation eps0.05 +aug"
+    assert f"model.weights={tmp_path / 'pretrain_aug_s2' / 'segmentor.pt'}" in run.overrides
+    assert "data.target.transforms.photometric=true" in run.overrides and "train.lr=0.0001" in run.overrides
+    # held-out dusk: adapt on frames 6690-7860, evaluate on 7890-8520
+    assert any("frames: [6690, 7860]" in o for o in run.overrides)
+    assert any("frames: [7890, 8520]" in o for o in run.overrides)
+    shared = Protocol("camvid", tmp_path, 3000, 500, 0.0025, shared_warm_start=True)
+    assert [w.run_dir.name for w in shared.warm_starts([False], [0, 1])] == ["pretrain_plain"]
+    weights = f"model.weights={tmp_path / 'pretrain_plain' / 'segmentor.pt'}"
+    assert weights in shared.adaptation("apoda", False, 1).overrides

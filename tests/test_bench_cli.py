@@ -1,16 +1,18 @@
 """`uda-perturb bench --quick`: the comparison end to end (subprocess runs, report files), on synthetic data."""
 import json
 
+from uda_perturb.bench.ablate import main as ablate_main
 from uda_perturb.cli import main
 
 
 def test_bench_quick_runs_the_comparison_and_writes_markdown_json_and_plot(tmp_path):
-    args = ["bench", "--dataset", "synthetic", "--quick", "--methods", "source_only", "apoda", "dacs", "--aug", "off",
-            "--jobs", "2", "--work-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
+    args = ["bench", "--dataset", "synthetic", "--quick", "--methods", "source_only", "apoda", "dacs",
+            "dacs+perturbation", "--aug", "off", "--jobs", "2", "--work-dir", str(tmp_path / "runs"),
+            "--results-dir", str(tmp_path / "results")]
     assert main(args) == 0
     md = (tmp_path / "results" / "compare_synthetic_quick.md").read_text()
     data = json.loads((tmp_path / "results" / "compare_synthetic_quick.json").read_text())
-    assert set(data["results"]) == {"warm start", "source_only", "apoda", "dacs"}
+    assert set(data["results"]) == {"warm start", "source_only", "apoda", "dacs", "dacs+perturbation"}
     assert data["cost"]["source_only"]["relative_to_source_only"] == 1.0 and "| dacs |" in md
     assert data["cost"]["apoda"]["relative_to_source_only"] > 1.0  # APODA's step does more than source-only's
     for label in data["results"]:
@@ -23,3 +25,18 @@ def test_bench_quick_runs_the_comparison_and_writes_markdown_json_and_plot(tmp_p
     assert main(args) == 0
     again = json.loads((tmp_path / "results" / "compare_synthetic_quick.json").read_text())
     assert again["results"] == data["results"]
+
+    # the DACS radius ablation reuses the comparison's warm start and its dacs / dacs+perturbation runs
+    work = tmp_path / "runs" / "compare_synthetic_quick"
+    reused = {d: (work / d / "results.json").stat().st_mtime_ns for d in ("dacs_plain_s0", "dacs_perturbation_plain_s0",
+                                                                          "pretrain_plain_s0")}
+    assert ablate_main(["--dataset", "synthetic", "--method", "dacs", "--quick", "--aug", "off", "--work-dir",
+                        str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]) == 0
+    assert {d: (work / d / "results.json").stat().st_mtime_ns for d in reused} == reused
+    assert (work / "dacs_perturbation_eps0.05_plain_s0" / "results.json").is_file()
+    ablation = json.loads((tmp_path / "results" / "ablate_dacs_synthetic_quick.json").read_text())
+    assert list(ablation["results"]) == ["dacs", "dacs+perturbation eps0.05", "dacs+perturbation",
+                                         "dacs+perturbation eps0.2"]
+    assert ablation["selected"] in ablation["results"]
+    assert ablation["results"]["dacs"] == data["results"]["dacs"]
+    assert "**(selected)**" in (tmp_path / "results" / "ablate_dacs_synthetic_quick.md").read_text()

@@ -1,83 +1,53 @@
-"""Method comparison benchmark: same backbone, input size, iterations and warm start for every method;
-several seeds; with and without photometric augmentation; final checkpoints only.
-
-Each run is a subprocess ``python -m uda_perturb train ...`` (one thread each, ``--jobs`` at a time), so
-runs are isolated and a restarted benchmark skips runs whose ``results.json`` exists. Used by
-``benchmarks/compare.py``, ``benchmarks/ablate.py`` and ``uda-perturb bench``.
-"""
+"""What every benchmark writes: seed aggregates, markdown tables, plots, and the results files (markdown +
+JSON) with the exact command, versions and machine."""
 from __future__ import annotations
 
 import json
 import os
-import subprocess
+import platform
+import shlex
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import torch
 
-PHOTOMETRIC_KEYS = ("data.source.transforms.photometric", "data.target.transforms.photometric")
+from .runner import Run, load_results
 
-
-def photometric(on: bool) -> list[str]:
-    """Overrides that switch photometric augmentation on or off for both training domains."""
-    return [f"{k}={str(on).lower()}" for k in PHOTOMETRIC_KEYS]
+DEFAULT_RESULTS = Path("benchmarks") / "results"
 
 
-@dataclass
-class Run:
-    """One training run of the benchmark: a label, recipe overrides, and where it writes."""
+def environment() -> dict[str, Any]:
+    """Versions and machine facts recorded next to every result."""
+    import torchvision
 
-    label: str
-    overrides: list[str]
-    run_dir: Path
-    seed: int = 0
-    group: str = ""
-    tags: dict = field(default_factory=dict)
-
-    def done(self) -> bool:
-        """Whether the run already finished (its results file exists)."""
-        return (self.run_dir / "results.json").is_file()
-
-
-def launch(recipe: str, run: Run, log_dir: Path, threads: int = 1) -> float:
-    """Train one run in a subprocess unless it already finished; returns its wall time in seconds."""
-    if run.done():
-        return 0.0
-    log_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "uda_perturb", "train", recipe, "--run-dir", str(run.run_dir), "--no-progress",
-           "--overwrite"]
-    for o in run.overrides + [f"seed={run.seed}"]:
-        cmd += ["--set", o]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    start = time.time()
-    with open(log_dir / f"{run.run_dir.name}.log", "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"run {run.run_dir.name} failed (exit {proc.returncode}); see {log_dir}")
-    return time.time() - start
+    return {
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
-def run_all(recipe: str, runs: Sequence[Run], jobs: int, log_dir: Path) -> float:
-    """Run everything, ``jobs`` at a time; returns the wall time."""
-    start = time.time()
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for fut in [pool.submit(launch, recipe, r, log_dir) for r in runs]:
-            fut.result()
-    return time.time() - start
-
-
-def load_results(run: Run) -> dict:
-    """The final evaluation results of a finished run."""
-    return json.loads((run.run_dir / "results.json").read_text())["results"]
-
-
-def train_seconds(runs: Sequence[Run]) -> float:
-    """Training compute of finished runs: the sum of their ``train_seconds`` records."""
-    return sum(json.loads((r.run_dir / "results.json").read_text()).get("train_seconds", 0.0) for r in runs)
+def write_results(results_dir: Path, name: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """Write ``<results_dir>/<name>.json`` and ``.md``; the markdown gets an environment footer (the payload's
+    ``environment``, or :func:`environment` merged under it)."""
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    env = {**environment(), **payload.get("environment", {})}
+    payload["environment"] = env
+    js, md = results_dir / f"{name}.json", results_dir / f"{name}.md"
+    js.write_text(json.dumps(payload, indent=2) + "\n")
+    footer = "\n".join(f"- {k}: `{v}`" for k, v in env.items())
+    md.write_text(markdown.rstrip() + "\n\n## Environment\n\n" + footer + "\n")
+    return js, md
 
 
 def aggregate(runs: Sequence[Run]) -> dict[str, dict]:
@@ -147,7 +117,7 @@ def mean_std(s: dict, digits: int = 1) -> str:
 def plot(agg: dict[str, dict], split: str, path: Path, title: str) -> Optional[Path]:
     """Bar plot of per-class IoU by method; ``None`` when matplotlib is missing."""
     try:
-        from .visualize import iou_bar_plot
+        from ..visualize import iou_bar_plot
     except ImportError:
         return None
     means = {label: {c: s["mean"] for c, s in a[split]["iou"].items()} for label, a in agg.items()}
@@ -158,8 +128,18 @@ def plot(agg: dict[str, dict], split: str, path: Path, title: str) -> Optional[P
         return None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``uda-perturb bench ...``: forwards to benchmarks/compare.py's argument parser."""
-    from .bench_compare import main as compare_main
-
-    return compare_main(argv)
+def relative_cost(runs: Sequence[Run], iters: int) -> dict[str, dict[str, float]]:
+    """Per label: mean training seconds per iteration, and its ratio to source-only's in the same arm (the
+    runs of one invocation share the machine, so the ratio is the comparable number)."""
+    per: dict[str, list[float]] = {}
+    for r in runs:
+        rec = json.loads((r.run_dir / "results.json").read_text())
+        per.setdefault(r.label, []).append(rec.get("train_seconds", 0.0) / max(iters, 1))
+    out = {}
+    for label, values in per.items():
+        mean = sum(values) / len(values)
+        base_label = "source_only" + (" +aug" if label.endswith(" +aug") else "")
+        base = per.get(base_label)
+        ratio = mean / (sum(base) / len(base)) if base else float("nan")
+        out[label] = {"seconds_per_iter": round(mean, 3), "relative_to_source_only": round(ratio, 2)}
+    return out

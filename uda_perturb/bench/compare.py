@@ -1,0 +1,113 @@
+"""The comparison benchmark (``benchmarks/compare.py``, ``uda-perturb bench``): CamVid day -> dusk (from
+scratch, or on pretrained features with a held-out dusk evaluation) or the synthetic scenes; source-only,
+the BatchNorm control, AdaptSegNet, ADVENT (AdvEnt+MinEnt), APODA, APODA with the random control, DACS,
+DACS + perturbation and ADVENT + perturbation, with and without photometric augmentation, over seeds. Each
+seed has its own source-only warm start (``--shared-warm-start`` for the old protocol), so the spread covers
+the whole pipeline; the report has a cost column (seconds per iteration / source-only's)."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from .report import (
+    DEFAULT_RESULTS,
+    aggregate,
+    environment,
+    per_class_table,
+    plot,
+    relative_cost,
+    summary_table,
+    write_results,
+)
+from .runner import run_all, train_seconds
+from .setups import ARMS, DEFAULT_METHODS, METHODS, SETUPS, Protocol
+
+
+def build_parser(results_dir: Optional[Path] = None) -> argparse.ArgumentParser:
+    """Command-line options of the comparison."""
+    ap = argparse.ArgumentParser(prog="compare", description=__doc__)
+    ap.add_argument("--dataset", choices=sorted(SETUPS), default="camvid")
+    ap.add_argument("--methods", nargs="+", choices=list(METHODS),
+                    help="source_only+targetBN is a control: source-only whose BatchNorm statistics also see "
+                         "target batches, as every adversarial method's do (default: the setup's list)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--aug", choices=["both", "off", "on"],
+                    help="photometric augmentation (brightness/contrast/gamma) during all training (default: "
+                         "both arms, or the setup's)")
+    ap.add_argument("--pretrain-iters", type=int, help="source-only warm start iterations")
+    ap.add_argument("--iters", type=int, help="adaptation iterations after the warm start")
+    ap.add_argument("--adapt-lr", type=float, help="adaptation lr (default: the setup's)")
+    ap.add_argument("--shared-warm-start", action="store_true", help="one warm start for all seeds (the first "
+                    "protocol; its spread then misses the warm start's variance)")
+    ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra recipe override")
+    ap.add_argument("--quick", action="store_true", help="a few iterations, one seed: a smoke test")
+    ap.add_argument("--work-dir", default="runs/bench")
+    ap.add_argument("--results-dir", default=str(results_dir or DEFAULT_RESULTS))
+    ap.add_argument("--name", help="results file stem (default compare_<dataset>)")
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = None) -> int:
+    """Warm starts, then every (method, augmentation arm, seed) run, then the report."""
+    args = build_parser(results_dir).parse_args(argv)
+    setup: dict[str, Any] = SETUPS[args.dataset]
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    name = args.name or f"compare_{args.dataset}" + ("_quick" if args.quick else "")
+    protocol = Protocol(args.dataset, Path(args.work_dir) / name,
+                        args.pretrain_iters or (20 if args.quick else setup["pretrain_iters"]),
+                        args.iters or (10 if args.quick else setup["iters"]),
+                        args.adapt_lr if args.adapt_lr is not None else setup["adapt_lr"],
+                        args.overrides, args.shared_warm_start, args.quick)
+    args.methods = args.methods or setup.get("methods", DEFAULT_METHODS)
+    args.aug = args.aug or setup.get("aug", "both")
+    arms = ARMS[args.aug]
+    warm = protocol.warm_starts(arms, seeds)
+    runs = [protocol.adaptation(m, on, s) for on in arms for m in args.methods for s in seeds]
+    start = time.time()
+    logs = protocol.work / "logs"
+    run_all(protocol.recipe, warm, args.jobs, logs)
+    run_all(protocol.recipe, runs, args.jobs, logs)
+    wall = time.time() - start
+    everything = warm + runs
+    report(args, protocol, aggregate(everything), name, seeds, wall, train_seconds(everything),
+           relative_cost(runs, protocol.iters))
+    return 0
+
+
+def report(args: argparse.Namespace, protocol: Protocol, agg: dict, name: str, seeds: Sequence[int], wall: float,
+           compute: float, costs: dict) -> None:
+    """Write markdown, JSON and the bar plot under the results folder."""
+    setup = protocol.setup
+    out = Path(args.results_dir)
+    t, s, g = setup["target"], setup["source"], setup["groups"]
+    env = {"wall_seconds_this_invocation": round(wall), "jobs": args.jobs, "train_seconds_all_runs": round(compute),
+           "estimated_wall_seconds_from_scratch": round(compute / max(args.jobs, 1)), "seeds": list(seeds),
+           "warm_start_iters": protocol.pre_iters, "adapt_iters": protocol.iters, "recipe": protocol.recipe,
+           "overrides": list(args.overrides), "shared_warm_start": args.shared_warm_start}
+    out.mkdir(parents=True, exist_ok=True)
+    png = plot(agg, t, out / f"{name}.png", f"{args.dataset}: per-class IoU on {t} (mean over seeds)")
+    warm = ("one source-only warm start per augmentation arm, shared by the seeds" if args.shared_warm_start else
+            "a source-only warm start per seed and augmentation arm, so seeds vary the whole pipeline")
+    md = [f"# Comparison on {args.dataset} ({protocol.recipe})", "",
+          f"Every method starts from {warm} ({protocol.pre_iters} iterations, batch {setup['pretrain_batch']}) and "
+          f"adapts for {protocol.iters} iterations (batch {setup['batch']} + {setup['batch']}) at lr "
+          f"{protocol.adapt_lr}; seeds {list(seeds)}. Final checkpoints only; no selection on target labels. IoU in "
+          "percent, mean ± std over seeds.", "",
+          f"## Summary ({t} = target, {s} = source-domain test)", "", summary_table(agg, t, g, s), ""]
+    if setup.get("also"):
+        a = setup["also"]
+        md += [f"## Summary on {a} (every target frame, those adapted on included)", "",
+               summary_table(agg, a, g), ""]
+    md += ["## Cost (training seconds per iteration, same invocation)", "", "| method | s/iter | / source-only |",
+           "|---|---|---|"] + [f"| {k} | {v['seconds_per_iter']:.3f} | {v['relative_to_source_only']:.2f} |"
+                               for k, v in costs.items()] + [""]
+    md += [f"## Per-class IoU on {t}", "", per_class_table(agg, t), "",
+           f"## Per-class IoU on {s}", "", per_class_table(agg, s), ""]
+    if png:
+        md += [f"![per-class IoU]({png.name})", ""]
+    _, md_path = write_results(out, name, {"environment": {**environment(), **env}, "results": agg, "cost": costs},
+                               "\n".join(md))
+    print(md_path.read_text())

@@ -1,0 +1,126 @@
+"""The comparison's datasets, methods and protocol, shared by ``compare`` and ``ablate`` so that an ablation
+can reuse the comparison's warm starts and runs (same overrides, same run folders)."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from .runner import Run, photometric
+
+D = "ndf: 32"
+METHODS: dict[str, list[str]] = {
+    "source_only": ["method.name=source_only"],
+    "source_only+targetBN": ["method.name=source_only", "method.options={target_bn_stats: true}"],
+    "adaptsegnet": ["method.name=adaptsegnet", f"method.options={{{D}}}"],
+    "advent": ["method.name=advent", f"method.options={{{D}, minent_weights: [0.001]}}"],
+    "apoda": ["method.name=apoda", f"method.options={{{D}}}"],
+    "advent+perturbation": ["method.name=advent", f"method.options={{{D}, minent_weights: [0.001]}}",
+                            "method.addons=[perturbation]"],
+    # APODA with a random direction at the same per-position radius: does the adversarial direction matter?
+    "apoda+random": ["method.name=apoda",
+                     f"method.options={{{D}, perturbation: {{source_attacks: [random], target_attacks: [random]}}}}"],
+    "dacs": ["method.name=dacs"],
+    "dacs+perturbation": ["method.name=dacs", "method.addons=[perturbation]"],  # eps 0.1 relative (default)
+    # the other two radii of the add-on's ablation on DACS
+    "dacs+perturbation eps0.05": ["method.name=dacs", "method.addons=[{name: perturbation, eps: 0.05}]"],
+    "dacs+perturbation eps0.2": ["method.name=dacs", "method.addons=[{name: perturbation, eps: 0.2}]"],
+}
+DEFAULT_METHODS = ["source_only", "source_only+targetBN", "adaptsegnet", "advent", "apoda", "advent+perturbation"]
+# the add-on's radius ablation on DACS, in increasing radius
+DACS_RADII = ["dacs", "dacs+perturbation eps0.05", "dacs+perturbation", "dacs+perturbation eps0.2"]
+CAMVID = "../shared/data/camvid"
+_DUSK = f"name: camvid, root: {CAMVID}, split: train"
+# CamVid protocol: adapt on the first 40 dusk frames, evaluate on the last 22 (and on all 62 beside it)
+HELD_OUT_DUSK = [
+    "data.target.options={sequences: [0001TP], labelled: false, frames: [6690, 7860]}",
+    f"data.eval={{target_dusk_heldout: {{{_DUSK}, options: {{sequences: [0001TP], frames: [7890, 8520]}}, "
+    f"transforms: {{normalize: inception}}}}, target_dusk: {{{_DUSK}, options: {{sequences: [0001TP]}}, "
+    f"transforms: {{normalize: inception}}}}, source_test: {{name: camvid, root: {CAMVID}, split: test, "
+    f"transforms: {{normalize: inception}}}}}}",
+]
+SETUPS: dict[str, dict[str, Any]] = {
+    "camvid": {"recipe": "camvid_day2dusk", "target": "target_dusk", "source": "source_test",
+               "groups": ["tail", "head"], "pretrain_iters": 3000, "iters": 500, "batch": 4, "pretrain_batch": 8,
+               "pretrain_lr": 0.01, "adapt_lr": 0.0025, "overrides": []},
+    "camvid_pretrained": {"recipe": "camvid_day2dusk_pretrained", "target": "target_dusk_heldout",
+                          "also": "target_dusk", "source": "source_test", "groups": ["tail", "head"],
+                          "pretrain_iters": 600, "iters": 100, "batch": 4, "pretrain_batch": 8,
+                          "pretrain_lr": None, "adapt_lr": 1.0e-4, "overrides": HELD_OUT_DUSK,
+                          # the v2 method list; the augmented arm only, which the 2-hour budget allows
+                          "methods": ["source_only", "source_only+targetBN", "adaptsegnet", "advent", "apoda",
+                                      "apoda+random", "dacs", "dacs+perturbation", "advent+perturbation"],
+                          "aug": "on"},
+    "synthetic": {"recipe": "synthetic_demo", "target": "target_test", "source": "source_test",
+                  "groups": ["tail", "head"], "pretrain_iters": 1500, "iters": 400, "batch": 4, "pretrain_batch": 8,
+                  "pretrain_lr": 0.01, "adapt_lr": 0.0025, "overrides": []},
+}
+ARMS = {"off": [False], "on": [True], "both": [False, True]}
+
+
+def arm_name(on: bool) -> str:
+    """Folder-name part of a photometric augmentation arm."""
+    return "aug" if on else "plain"
+
+
+@dataclass
+class Protocol:
+    """One resolved comparison protocol: where its runs live and which overrides every run gets.
+
+    Every adaptation run of ``(method, arm, seed)`` starts from the source-only warm start of ``(arm, seed)``
+    (or of the first seed with ``shared_warm_start``), trains ``iters`` iterations at ``adapt_lr``, and lives
+    in ``work/<method>_<arm>_s<seed>``: any benchmark that builds the same protocol finds the same runs.
+    """
+
+    dataset: str
+    work: Path
+    pre_iters: int
+    iters: int
+    adapt_lr: float
+    extra: Sequence[str] = ()
+    shared_warm_start: bool = False
+    quick: bool = False
+
+    @property
+    def setup(self) -> dict[str, Any]:
+        """The dataset's settings in :data:`SETUPS`."""
+        return SETUPS[self.dataset]
+
+    @property
+    def recipe(self) -> str:
+        """The packaged recipe every run trains."""
+        return str(self.setup["recipe"])
+
+    def common(self) -> list[str]:
+        """Overrides of every run: no checkpoints or evaluation during training, the setup's data protocol."""
+        out = ["data.num_workers=0", "train.checkpoint_every=0", "train.eval_every=0", *self.setup["overrides"],
+               *self.extra]
+        if self.quick and self.dataset == "synthetic":
+            out += ["data.eval.target_test.options.length=8", "data.eval.source_test.options.length=8"]
+        return out
+
+    def warm_start(self, on: bool, seed: int) -> Run:
+        """The source-only warm start of one augmentation arm and seed."""
+        lr = [f"train.lr={self.setup['pretrain_lr']}"] if self.setup["pretrain_lr"] is not None else []
+        folder = f"pretrain_{arm_name(on)}" + ("" if self.shared_warm_start else f"_s{seed}")
+        return Run(f"warm start{' +aug' if on else ''}",
+                   self.common() + photometric(on) + ["method.name=source_only", f"train.iters={self.pre_iters}",
+                                                      *lr, f"data.batch_size={self.setup['pretrain_batch']}"],
+                   self.work / folder, seed)
+
+    def warm_starts(self, arms: Sequence[bool], seeds: Sequence[int]) -> list[Run]:
+        """Every warm start the adaptation runs of these arms and seeds need (one per arm when shared)."""
+        return [self.warm_start(on, s) for on in arms for s in (seeds[:1] if self.shared_warm_start else seeds)]
+
+    def adaptation(self, method: str, on: bool, seed: int, weights: Optional[Path] = None) -> Run:
+        """The run of ``method`` (a :data:`METHODS` key) from its warm start (or from ``weights``)."""
+        if weights is None:
+            warm = self.warm_start(on, seed)
+            weights = warm.run_dir / "segmentor.pt"
+        folder = re.sub(r"[^A-Za-z0-9_.]+", "_", method) + f"_{arm_name(on)}_s{seed}"
+        return Run(method + (" +aug" if on else ""),
+                   self.common() + photometric(on) + METHODS[method] +
+                   [f"model.weights={weights}", f"train.iters={self.iters}", f"train.lr={self.adapt_lr}",
+                    f"data.batch_size={self.setup['batch']}"],
+                   self.work / folder, seed, tags={"iters": self.iters})

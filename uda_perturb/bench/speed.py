@@ -1,0 +1,217 @@
+"""Training-step time and peak memory of each method, as ratios to source-only (and APODA / AdaptSegNet),
+measured in one run on the same backbone and input; plus the perturbation's cost against its step count.
+
+Time: all methods' steps interleaved round-robin in one process, median of ``--repeats``.
+Memory: CUDA ``max_memory_allocated`` of one step; on CPU each method runs a warm-up step and then one
+measured step in a fresh subprocess, reporting peak RSS (sampled every millisecond) during the measured step
+minus RSS before it, after ``malloc_trim`` hands freed blocks back to the OS.
+
+    python benchmarks/speed.py --model deeplabv2_r50 --size 128 256
+    python benchmarks/speed.py --model cpu --size 120 160
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+import uda_perturb as up
+
+from ..methods import build_method
+from .report import DEFAULT_RESULTS, write_results
+
+MODELS: dict[str, dict[str, Any]] = {
+    "deeplabv2_r50": dict(head="aspp_v2", backbone="resnet50", num_classes=19, multi_level=True,
+                          backbone_kwargs={"bn": "affine_frozen"}),
+    "deeplabv2_r101": dict(head="aspp_v2", backbone="resnet101", num_classes=19, multi_level=True,
+                           backbone_kwargs={"bn": "affine_frozen"}),
+    "cpu": dict(head="aspp_v2", backbone="lite", num_classes=11, backbone_kwargs={"width": 24},
+                head_kwargs={"dilations": (1, 2, 4, 6)}),
+    # the pretrained CamVid recipe's model (weights do not change the time: built without them)
+    "pretrained_lite0": dict(head="deeplabv3", backbone="efficientnet_lite0", num_classes=11,
+                             backbone_kwargs={"output_stride": 8, "pretrained": False},
+                             head_kwargs={"atrous_rates": (3, 6, 9)}),
+}
+METHODS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
+    "source_only": ("source_only", [], {}),
+    "adaptsegnet": ("adaptsegnet", [], {}),
+    "advent": ("advent", [], {"minent_weights": [0.001]}),
+    "minent": ("minent", [], {}),
+    "apoda": ("apoda", [], {}),
+    "apoda_steps3": ("apoda", [], {"perturbation": {"steps": 3}}),
+    "advent+perturbation": ("advent", ["perturbation"], {"minent_weights": [0.001]}),
+    "apoda+random": ("apoda", [], {"perturbation": {"source_attacks": ["random"], "target_attacks": ["random"]}}),
+    "dacs": ("dacs", [], {}),
+    "dacs+perturbation": ("dacs", ["perturbation"], {}),
+}
+
+
+CHANNELS_LAST = False  # set by --channels-last: model and images channels-last, as train.channels_last does
+
+
+def make(model: str, method: str, device: torch.device):
+    torch.manual_seed(0)
+    seg = up.build_segmentor(**MODELS[model])
+    name, addons, opts = METHODS[method]
+    m = build_method(name, seg, addons, opts).to(device).train()
+    return m.to(memory_format=torch.channels_last) if CHANNELS_LAST else m
+
+
+def batches(model: str, size, batch: int, device: torch.device):
+    k = MODELS[model]["num_classes"]
+    fmt = torch.channels_last if CHANNELS_LAST else torch.contiguous_format
+    s = {"image": torch.randn(batch, 3, *size, device=device).contiguous(memory_format=fmt),
+         "label": torch.randint(0, k, (batch, *size), device=device)}
+    return s, {"image": torch.randn(batch, 3, *size, device=device).contiguous(memory_format=fmt)}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _release_freed_memory() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: RSS then over-counts the baseline a little
+        pass
+
+
+def memory_child(model: str, method: str, size, batch: int) -> None:
+    """Subprocess entry: print the peak extra memory (MB) of one training step on CPU, sampling RSS every
+    millisecond from a thread (torch releases the GIL inside its kernels)."""
+    import threading
+
+    torch.set_num_threads(2)
+    m = make(model, method, torch.device("cpu"))
+    s, t = batches(model, size, batch, torch.device("cpu"))
+    m.training_step(s, t)  # warm-up: lazy allocations, kernel caches
+    m.zero_grad(set_to_none=True)
+    _release_freed_memory()  # glibc keeps freed blocks: hand them back so RSS shows only live memory
+    base = rss_mb()
+    peak = [base]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_mb())
+            time.sleep(0.001)
+
+    th = threading.Thread(target=sample)
+    th.start()
+    m.training_step(s, t)
+    done.set()
+    th.join()
+    print(json.dumps({"peak_extra_mb": peak[0] - base}))
+
+
+def measure_memory(args, device: torch.device) -> dict[str, float]:
+    out = {}
+    for method in args.methods:
+        if device.type == "cuda":
+            m = make(args.model, method, device)
+            s, t = batches(args.model, args.size, args.batch, device)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            m.training_step(s, t)
+            torch.cuda.synchronize()
+            out[method] = (torch.cuda.max_memory_allocated() - base) / 2**20
+            del m
+            torch.cuda.empty_cache()
+        else:
+            cmd = [sys.executable, "-m", "uda_perturb.bench.speed", "--memory-child", method, "--model", args.model,
+                   "--size", *map(str, args.size), "--batch", str(args.batch)]
+            res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            out[method] = json.loads(res.stdout.strip().splitlines()[-1])["peak_extra_mb"]
+    return out
+
+
+def measure_time(args, device: torch.device) -> dict[str, float]:
+    models = {m: make(args.model, m, device) for m in args.methods}
+    s, t = batches(args.model, args.size, args.batch, device)
+    times: dict[str, list[float]] = {m: [] for m in args.methods}
+    for rep in range(args.repeats + 1):
+        for name, m in models.items():
+            m.zero_grad(set_to_none=True)
+            sync(device)
+            start = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+                m.training_step(s, t)
+            sync(device)
+            if rep > 0:  # first round is warm-up
+                times[name].append(time.perf_counter() - start)
+    return {m: statistics.median(v) for m, v in times.items()}
+
+
+def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=sorted(MODELS), default="deeplabv2_r50")
+    ap.add_argument("--size", type=int, nargs=2, default=[128, 256])
+    ap.add_argument("--batch", type=int, default=1, help="per domain")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast")
+    ap.add_argument("--memory-child", help=argparse.SUPPRESS)
+    ap.add_argument("--channels-last", action="store_true", help="model and images channels-last")
+    ap.add_argument("--threads", type=int, help="torch threads (benchmark runs use 1 each, 2 in parallel)")
+    ap.add_argument("--skip-memory", action="store_true", help="time only")
+    ap.add_argument("--out")
+    ap.add_argument("--results-dir", default=str(results_dir or DEFAULT_RESULTS))
+    args = ap.parse_args(argv)
+    global CHANNELS_LAST
+    CHANNELS_LAST = args.channels_last
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_child:
+        memory_child(args.model, args.memory_child, args.size, args.batch)
+        return 0
+    device = torch.device(args.device)
+    step = measure_time(args, device)
+    mem = {m: float("nan") for m in args.methods} if args.skip_memory else measure_memory(args, device)
+    base_t, base_m = step["source_only"], mem["source_only"]
+    asn_t, asn_m = step.get("adaptsegnet"), mem.get("adaptsegnet")
+    rows = [{"method": m, "step_s": step[m], "time_vs_source_only": step[m] / base_t,
+             "time_vs_adaptsegnet": step[m] / asn_t if asn_t else None, "peak_mb": mem[m],
+             "mem_vs_source_only": mem[m] / base_m if base_m else None,
+             "mem_vs_adaptsegnet": mem[m] / asn_m if asn_m else None} for m in args.methods]
+    name = args.out or f"speed_{args.model}_{device.type}{'_amp' if args.amp else ''}"
+    title = (f"# Step time and peak memory per method ({args.model}, input {args.batch}+{args.batch} x 3 x "
+             f"{args.size[0]} x {args.size[1]}, {device.type}{', bf16' if args.amp else ''})")
+    md = [title, "", f"Median of {args.repeats} interleaved steps; memory: "
+          + ("CUDA max_memory_allocated of one step." if device.type == "cuda"
+             else "peak RSS growth of one step in a fresh process."), "",
+          "| method | step (s) | time / source-only | time / AdaptSegNet | peak step memory (MB) | mem / source-only "
+          "| mem / AdaptSegNet |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        md.append(f"| {r['method']} | {r['step_s']:.3f} | {f(r['time_vs_source_only'])} | "
+                  f"{f(r['time_vs_adaptsegnet'])} | {r['peak_mb']:.0f} | {f(r['mem_vs_source_only'])} | "
+                  f"{f(r['mem_vs_adaptsegnet'])} |")
+    md += ["", "Targets: APODA step at most 1.25x an AdaptSegNet step, peak memory at most 1.15x."]
+    payload = {"model": args.model, "size": args.size, "batch": args.batch, "rows": rows, "repeats": args.repeats,
+               "device": str(device), "amp": args.amp, "channels_last": args.channels_last,
+               "threads": torch.get_num_threads()}
+    write_results(Path(args.results_dir), name, payload, "\n".join(md))
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":  # the memory measurement's child process
+    sys.exit(main())
