@@ -21,10 +21,15 @@ def test_bench_quick_runs_the_comparison_and_writes_markdown_json_and_plot(tmp_p
         assert "mean_entropy" in data["results"][label]["target_test"]
     assert data["environment"]["adapt_iters"] == 10 and data["environment"]["seeds"] == [0]
     assert (tmp_path / "results" / "compare_synthetic_quick.png").is_file()
+    assert (tmp_path / "results" / "compare_synthetic_quick_cost.png").is_file()
     # a second invocation skips finished runs and only rewrites the report
     assert main(args) == 0
     again = json.loads((tmp_path / "results" / "compare_synthetic_quick.json").read_text())
     assert again["results"] == data["results"]
+    # the restart's report keeps the full invocation's wall time
+    first, restart = data["environment"], again["environment"]
+    assert restart["wall_seconds_longest_invocation"] == first["wall_seconds_this_invocation"]
+    assert restart["wall_seconds_this_invocation"] < first["wall_seconds_this_invocation"]
 
     # the DACS radius ablation reuses the comparison's warm start and its dacs / dacs+perturbation runs
     work = tmp_path / "runs" / "compare_synthetic_quick"

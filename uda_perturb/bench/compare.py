@@ -14,7 +14,9 @@ from typing import Any, Optional, Sequence
 from .report import (
     DEFAULT_RESULTS,
     aggregate,
+    cost_plot,
     environment,
+    longest_wall,
     per_class_table,
     plot,
     relative_cost,
@@ -83,12 +85,15 @@ def report(args: argparse.Namespace, protocol: Protocol, agg: dict, name: str, s
     setup = protocol.setup
     out = Path(args.results_dir)
     t, s, g = setup["target"], setup["source"], setup["groups"]
-    env = {"wall_seconds_this_invocation": round(wall), "jobs": args.jobs, "train_seconds_all_runs": round(compute),
+    env = {"wall_seconds_this_invocation": round(wall),
+           "wall_seconds_longest_invocation": round(longest_wall(out / f"{name}.json", wall)), "jobs": args.jobs,
+           "train_seconds_all_runs": round(compute),
            "estimated_wall_seconds_from_scratch": round(compute / max(args.jobs, 1)), "seeds": list(seeds),
            "warm_start_iters": protocol.pre_iters, "adapt_iters": protocol.iters, "recipe": protocol.recipe,
            "overrides": list(args.overrides), "shared_warm_start": args.shared_warm_start}
     out.mkdir(parents=True, exist_ok=True)
     png = plot(agg, t, out / f"{name}.png", f"{args.dataset}: per-class IoU on {t} (mean over seeds)")
+    cost_png = cost_plot(agg, costs, t, out / f"{name}_cost.png", f"{args.dataset}: {t} mIoU against training cost")
     warm = ("one source-only warm start per augmentation arm, shared by the seeds" if args.shared_warm_start else
             "a source-only warm start per seed and augmentation arm, so seeds vary the whole pipeline")
     md = [f"# Comparison on {args.dataset} ({protocol.recipe})", "",
@@ -108,6 +113,8 @@ def report(args: argparse.Namespace, protocol: Protocol, agg: dict, name: str, s
            f"## Per-class IoU on {s}", "", per_class_table(agg, s), ""]
     if png:
         md += [f"![per-class IoU]({png.name})", ""]
+    if cost_png:
+        md += [f"![mIoU against cost]({cost_png.name})", ""]
     _, md_path = write_results(out, name, {"environment": {**environment(), **env}, "results": agg, "cost": costs},
                                "\n".join(md))
     print(md_path.read_text())

@@ -143,3 +143,45 @@ def relative_cost(runs: Sequence[Run], iters: int) -> dict[str, dict[str, float]
         ratio = mean / (sum(base) / len(base)) if base else float("nan")
         out[label] = {"seconds_per_iter": round(mean, 3), "relative_to_source_only": round(ratio, 2)}
     return out
+
+
+def cost_plot(agg: dict[str, dict], costs: dict[str, dict[str, float]], split: str, path: Path,
+              title: str) -> Optional[Path]:
+    """Scatter of mean mIoU on ``split`` (error bar: std over seeds) against training cost relative to
+    source-only, one point per method; ``None`` when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    labels = [k for k in agg if k in costs and split in agg[k]]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label in labels:
+        x, m = costs[label]["relative_to_source_only"], agg[label][split]["miou"]
+        ax.errorbar([x], [m["mean"]], yerr=[m["std"]], fmt="o", capsize=3)
+        ax.annotate(label, (x, m["mean"]), textcoords="offset points", xytext=(5, 3), fontsize=7)
+    for label, a in agg.items():  # methods without a cost (the warm starts) as reference lines
+        if label not in costs and split in a:
+            ax.axhline(a[split]["miou"]["mean"], color="grey", lw=0.8, ls=":")
+            ax.annotate(label, (ax.get_xlim()[0], a[split]["miou"]["mean"]), fontsize=7, color="grey",
+                        xytext=(2, 2), textcoords="offset points")
+    ax.set_xlabel("training time per iteration / source-only's (same invocation)")
+    ax.set_ylabel(f"{split} mIoU (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def longest_wall(results_json: Path, wall: float) -> float:
+    """The longer of this invocation's wall time and the one recorded in an earlier ``results_json`` of the same
+    benchmark: a restarted benchmark only adds missing runs, so the longest invocation is the full run's."""
+    try:
+        env = json.loads(Path(results_json).read_text()).get("environment", {})
+        return max(wall, float(env.get("wall_seconds_longest_invocation", env.get("wall_seconds_this_invocation", 0))))
+    except (OSError, ValueError):
+        return wall

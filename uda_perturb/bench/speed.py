@@ -35,7 +35,11 @@ MODELS: dict[str, dict[str, Any]] = {
                            backbone_kwargs={"bn": "affine_frozen"}),
     "cpu": dict(head="aspp_v2", backbone="lite", num_classes=11, backbone_kwargs={"width": 24},
                 head_kwargs={"dilations": (1, 2, 4, 6)}),
-    # the pretrained CamVid recipe's model (weights do not change the time: built without them)
+    # the comparison's model: camvid_day2dusk_pretrained at 120x160 (weights do not change the time)
+    "camvid_pretrained": dict(head="deeplabv3", backbone="efficientnet_lite0", num_classes=11,
+                              backbone_kwargs={"output_stride": 8, "pretrained": False},
+                              head_kwargs={"atrous_rates": (2, 4, 6)}),
+    # the same at 180x240 (camvid_day2dusk_pretrained_hr's head rates)
     "pretrained_lite0": dict(head="deeplabv3", backbone="efficientnet_lite0", num_classes=11,
                              backbone_kwargs={"output_stride": 8, "pretrained": False},
                              head_kwargs={"atrous_rates": (3, 6, 9)}),
@@ -52,22 +56,25 @@ METHODS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
     "dacs": ("dacs", [], {}),
     "dacs+perturbation": ("dacs", ["perturbation"], {}),
 }
+# methods whose output-space discriminators take ``--ndf`` (the comparison uses 32; the paper's code 64)
+WITH_DISCRIMINATOR = ("adaptsegnet", "advent", "apoda")
 
 
-CHANNELS_LAST = False  # set by --channels-last: model and images channels-last, as train.channels_last does
-
-
-def make(model: str, method: str, device: torch.device):
+def make(model: str, method: str, device: torch.device, channels_last: bool = False, ndf: Optional[int] = None):
+    """The method on the model, in train mode; channels-last as ``train.channels_last`` does."""
     torch.manual_seed(0)
     seg = up.build_segmentor(**MODELS[model])
     name, addons, opts = METHODS[method]
+    if ndf is not None and name in WITH_DISCRIMINATOR:
+        opts = {**opts, "ndf": ndf}
     m = build_method(name, seg, addons, opts).to(device).train()
-    return m.to(memory_format=torch.channels_last) if CHANNELS_LAST else m
+    return m.to(memory_format=torch.channels_last) if channels_last else m
 
 
-def batches(model: str, size, batch: int, device: torch.device):
+def batches(model: str, size, batch: int, device: torch.device, channels_last: bool = False):
+    """One random source batch (with labels) and one target batch."""
     k = MODELS[model]["num_classes"]
-    fmt = torch.channels_last if CHANNELS_LAST else torch.contiguous_format
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     s = {"image": torch.randn(batch, 3, *size, device=device).contiguous(memory_format=fmt),
          "label": torch.randint(0, k, (batch, *size), device=device)}
     return s, {"image": torch.randn(batch, 3, *size, device=device).contiguous(memory_format=fmt)}
@@ -92,14 +99,14 @@ def _release_freed_memory() -> None:
         pass
 
 
-def memory_child(model: str, method: str, size, batch: int) -> None:
+def memory_child(args: argparse.Namespace) -> None:
     """Subprocess entry: print the peak extra memory (MB) of one training step on CPU, sampling RSS every
     millisecond from a thread (torch releases the GIL inside its kernels)."""
     import threading
 
     torch.set_num_threads(2)
-    m = make(model, method, torch.device("cpu"))
-    s, t = batches(model, size, batch, torch.device("cpu"))
+    m = make(args.model, args.memory_child, torch.device("cpu"), args.channels_last, args.ndf)
+    s, t = batches(args.model, args.size, args.batch, torch.device("cpu"), args.channels_last)
     m.training_step(s, t)  # warm-up: lazy allocations, kernel caches
     m.zero_grad(set_to_none=True)
     _release_freed_memory()  # glibc keeps freed blocks: hand them back so RSS shows only live memory
@@ -124,8 +131,8 @@ def measure_memory(args, device: torch.device) -> dict[str, float]:
     out = {}
     for method in args.methods:
         if device.type == "cuda":
-            m = make(args.model, method, device)
-            s, t = batches(args.model, args.size, args.batch, device)
+            m = make(args.model, method, device, args.channels_last, args.ndf)
+            s, t = batches(args.model, args.size, args.batch, device, args.channels_last)
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
@@ -137,14 +144,15 @@ def measure_memory(args, device: torch.device) -> dict[str, float]:
         else:
             cmd = [sys.executable, "-m", "uda_perturb.bench.speed", "--memory-child", method, "--model", args.model,
                    "--size", *map(str, args.size), "--batch", str(args.batch)]
+            cmd += (["--channels-last"] if args.channels_last else []) + (["--ndf", str(args.ndf)] if args.ndf else [])
             res = subprocess.run(cmd, capture_output=True, text=True, check=True)
             out[method] = json.loads(res.stdout.strip().splitlines()[-1])["peak_extra_mb"]
     return out
 
 
 def measure_time(args, device: torch.device) -> dict[str, float]:
-    models = {m: make(args.model, m, device) for m in args.methods}
-    s, t = batches(args.model, args.size, args.batch, device)
+    models = {m: make(args.model, m, device, args.channels_last, args.ndf) for m in args.methods}
+    s, t = batches(args.model, args.size, args.batch, device, args.channels_last)
     times: dict[str, list[float]] = {m: [] for m in args.methods}
     for rep in range(args.repeats + 1):
         for name, m in models.items():
@@ -172,15 +180,14 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     ap.add_argument("--channels-last", action="store_true", help="model and images channels-last")
     ap.add_argument("--threads", type=int, help="torch threads (benchmark runs use 1 each, 2 in parallel)")
     ap.add_argument("--skip-memory", action="store_true", help="time only")
+    ap.add_argument("--ndf", type=int, help="discriminator width (default: each method's, 64; the comparison: 32)")
     ap.add_argument("--out")
     ap.add_argument("--results-dir", default=str(results_dir or DEFAULT_RESULTS))
     args = ap.parse_args(argv)
-    global CHANNELS_LAST
-    CHANNELS_LAST = args.channels_last
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_child:
-        memory_child(args.model, args.memory_child, args.size, args.batch)
+        memory_child(args)
         return 0
     device = torch.device(args.device)
     step = measure_time(args, device)
@@ -206,7 +213,7 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
                   f"{f(r['mem_vs_adaptsegnet'])} |")
     md += ["", "Targets: APODA step at most 1.25x an AdaptSegNet step, peak memory at most 1.15x."]
     payload = {"model": args.model, "size": args.size, "batch": args.batch, "rows": rows, "repeats": args.repeats,
-               "device": str(device), "amp": args.amp, "channels_last": args.channels_last,
+               "device": str(device), "amp": args.amp, "channels_last": args.channels_last, "ndf": args.ndf,
                "threads": torch.get_num_threads()}
     write_results(Path(args.results_dir), name, payload, "\n".join(md))
     print("\n".join(md))
