@@ -71,3 +71,25 @@ def test_protocol_gives_each_seed_its_own_warm_start_and_one_folder_per_run(tmp_
     assert [w.run_dir.name for w in shared.warm_starts([False], [0, 1])] == ["pretrain_plain"]
     weights = f"model.weights={tmp_path / 'pretrain_plain' / 'segmentor.pt'}"
     assert weights in shared.adaptation("apoda", False, 1).overrides
+
+
+def test_paired_differences_are_taken_seed_by_seed(tmp_path):
+    from uda_perturb.bench.report import differences_table, paired_differences
+
+    def run(label, seed, miou, tail, head):
+        d = tmp_path / f"{label}_{seed}"
+        d.mkdir()
+        res = {"t": {"iou": {}, "miou": miou, "miou_tail": tail, "miou_head": head}}
+        (d / "results.json").write_text(json.dumps({"results": res}))
+        return Run(label, [], d, seed)
+
+    # seed effects (warm starts) of +-5 points cancel in the paired difference, which is 1 and 3
+    runs = [run("a", 0, 25.0, 2.0, 40.0), run("b", 0, 24.0, 1.0, 39.0),
+            run("a", 1, 33.0, 6.0, 50.0), run("b", 1, 30.0, 2.0, 49.0), run("c", 0, 1.0, 1.0, 1.0)]
+    diffs = paired_differences(runs, [("a", "b"), ("a", "missing"), ("c", "b")], "t")
+    assert set(diffs) == {"a - b", "c - b"}
+    assert diffs["a - b"]["miou"]["mean"] == pytest.approx(2.0) and diffs["a - b"]["miou"]["std"] == pytest.approx(1.0)
+    assert diffs["a - b"]["miou_tail"]["mean"] == pytest.approx(2.5)
+    assert diffs["a - b"]["miou"]["per_seed"] == [1.0, 3.0]
+    assert diffs["c - b"]["miou"]["n"] == 1  # only seed 0 has both
+    assert "| a - b | +2.0 ± 1.0 | +2.5 ± 1.5 | +1.0 ± 0.0 | +1.0, +3.0 |" in differences_table(diffs, "t")

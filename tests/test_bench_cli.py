@@ -22,6 +22,9 @@ def test_bench_quick_runs_the_comparison_and_writes_markdown_json_and_plot(tmp_p
     assert data["environment"]["adapt_iters"] == 10 and data["environment"]["seeds"] == [0]
     assert (tmp_path / "results" / "compare_synthetic_quick.png").is_file()
     assert (tmp_path / "results" / "compare_synthetic_quick_cost.png").is_file()
+    # the method / baseline pairs present are differenced seed by seed
+    assert list(data["paired_differences"]) == ["dacs+perturbation - dacs", "dacs - source_only"]
+    assert "| dacs+perturbation - dacs |" in md
     # a second invocation skips finished runs and only rewrites the report
     assert main(args) == 0
     again = json.loads((tmp_path / "results" / "compare_synthetic_quick.json").read_text())

@@ -15,8 +15,10 @@ from .report import (
     DEFAULT_RESULTS,
     aggregate,
     cost_plot,
+    differences_table,
     environment,
     longest_wall,
+    paired_differences,
     per_class_table,
     plot,
     relative_cost,
@@ -24,7 +26,7 @@ from .report import (
     write_results,
 )
 from .runner import run_all, train_seconds
-from .setups import ARMS, DEFAULT_METHODS, METHODS, SETUPS, Protocol
+from .setups import ARMS, DEFAULT_METHODS, METHODS, PAIRS, SETUPS, Protocol
 
 
 def build_parser(results_dir: Optional[Path] = None) -> argparse.ArgumentParser:
@@ -74,13 +76,15 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     run_all(protocol.recipe, runs, args.jobs, logs)
     wall = time.time() - start
     everything = warm + runs
+    suffix = [" +aug" if on else "" for on in arms]
+    pairs = [(a + x, b + x) for x in suffix for a, b in PAIRS]
     report(args, protocol, aggregate(everything), name, seeds, wall, train_seconds(everything),
-           relative_cost(runs, protocol.iters))
+           relative_cost(runs, protocol.iters), paired_differences(runs, pairs, setup["target"]))
     return 0
 
 
 def report(args: argparse.Namespace, protocol: Protocol, agg: dict, name: str, seeds: Sequence[int], wall: float,
-           compute: float, costs: dict) -> None:
+           compute: float, costs: dict, diffs: dict) -> None:
     """Write markdown, JSON and the bar plot under the results folder."""
     setup = protocol.setup
     out = Path(args.results_dir)
@@ -106,6 +110,9 @@ def report(args: argparse.Namespace, protocol: Protocol, agg: dict, name: str, s
         a = setup["also"]
         md += [f"## Summary on {a} (every target frame, those adapted on included)", "",
                summary_table(agg, a, g), ""]
+    if diffs:
+        md += [f"## Paired differences on {t} (seed by seed: both runs of a seed share its warm start)", "",
+               differences_table(diffs, t), ""]
     md += ["## Cost (training seconds per iteration, same invocation)", "", "| method | s/iter | / source-only |",
            "|---|---|---|"] + [f"| {k} | {v['seconds_per_iter']:.3f} | {v['relative_to_source_only']:.2f} |"
                                for k, v in costs.items()] + [""]
@@ -115,6 +122,6 @@ def report(args: argparse.Namespace, protocol: Protocol, agg: dict, name: str, s
         md += [f"![per-class IoU]({png.name})", ""]
     if cost_png:
         md += [f"![mIoU against cost]({cost_png.name})", ""]
-    _, md_path = write_results(out, name, {"environment": {**environment(), **env}, "results": agg, "cost": costs},
-                               "\n".join(md))
+    payload = {"environment": {**environment(), **env}, "results": agg, "cost": costs, "paired_differences": diffs}
+    _, md_path = write_results(out, name, payload, "\n".join(md))
     print(md_path.read_text())

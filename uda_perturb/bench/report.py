@@ -158,10 +158,10 @@ def cost_plot(agg: dict[str, dict], costs: dict[str, dict[str, float]], split: s
         return None
     labels = [k for k in agg if k in costs and split in agg[k]]
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for label in labels:
+    markers = "osD^v<>ph*"
+    for i, label in enumerate(labels):  # a legend, not annotations: methods of equal cost would overprint
         x, m = costs[label]["relative_to_source_only"], agg[label][split]["miou"]
-        ax.errorbar([x], [m["mean"]], yerr=[m["std"]], fmt="o", capsize=3)
-        ax.annotate(label, (x, m["mean"]), textcoords="offset points", xytext=(5, 3), fontsize=7)
+        ax.errorbar([x], [m["mean"]], yerr=[m["std"]], fmt=markers[i % len(markers)], capsize=3, label=label)
     for label, a in agg.items():  # methods without a cost (the warm starts) as reference lines
         if label not in costs and split in a:
             ax.axhline(a[split]["miou"]["mean"], color="grey", lw=0.8, ls=":")
@@ -171,8 +171,9 @@ def cost_plot(agg: dict[str, dict], costs: dict[str, dict[str, float]], split: s
     ax.set_ylabel(f"{split} mIoU (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -185,3 +186,31 @@ def longest_wall(results_json: Path, wall: float) -> float:
         return max(wall, float(env.get("wall_seconds_longest_invocation", env.get("wall_seconds_this_invocation", 0))))
     except (OSError, ValueError):
         return wall
+
+
+def paired_differences(runs: Sequence[Run], pairs: Sequence[tuple[str, str]], split: str,
+                       metrics: Sequence[str] = ("miou", "miou_tail", "miou_head")) -> dict[str, dict[str, dict]]:
+    """``{"a - b": {metric: {"mean", "std", "n", "per_seed"}}}`` on ``split`` for each pair of labels present:
+    differences are taken seed by seed (the two runs of a seed share their warm start), so their spread is the
+    spread of the effect itself, not of the warm starts."""
+    by = {(r.label, r.seed): load_results(r)[split] for r in runs}
+    out: dict[str, dict[str, dict]] = {}
+    for a, b in pairs:
+        seeds = sorted(s for (lab, s) in by if lab == a and (b, s) in by)
+        if not seeds:
+            continue
+        out[f"{a} - {b}"] = {}
+        for m in metrics:
+            d = [by[(a, s)][m] - by[(b, s)][m] for s in seeds]
+            out[f"{a} - {b}"][m] = {**_stats(d), "per_seed": [round(x, 2) for x in d]}
+    return out
+
+
+def differences_table(diffs: dict[str, dict[str, dict]], split: str) -> str:
+    """Markdown: paired differences (mean ± std over seeds, and the per-seed values) of mIoU, tail and head."""
+    lines = [f"| pair ({split}) | mIoU | tail mIoU | head mIoU | mIoU per seed |", "|---|---|---|---|---|"]
+    for pair, d in diffs.items():
+        cells = [f"{d[m]['mean']:+.1f} ± {d[m]['std']:.1f}" for m in ("miou", "miou_tail", "miou_head")]
+        lines.append(f"| {pair} | " + " | ".join(cells) + " | " + ", ".join(f"{x:+.1f}" for x in d["miou"]["per_seed"])
+                     + " |")
+    return "\n".join(lines)

@@ -30,6 +30,10 @@ METHODS: dict[str, list[str]] = {
 DEFAULT_METHODS = ["source_only", "source_only+targetBN", "adaptsegnet", "advent", "apoda", "advent+perturbation"]
 # the add-on's radius ablation on DACS, in increasing radius
 DACS_RADII = ["dacs", "dacs+perturbation eps0.05", "dacs+perturbation", "dacs+perturbation eps0.2"]
+# the questions a comparison answers, as (method, baseline) pairs compared seed by seed
+PAIRS = [("apoda", "adaptsegnet"), ("apoda", "apoda+random"), ("dacs+perturbation", "dacs"),
+         ("advent+perturbation", "advent"), ("adaptsegnet", "source_only+targetBN"),
+         ("source_only+targetBN", "source_only"), ("dacs", "source_only")]
 CAMVID = "../shared/data/camvid"
 _DUSK = f"name: camvid, root: {CAMVID}, split: train"
 # CamVid protocol: adapt on the first 40 dusk frames, evaluate on the last 22 (and on all 62 beside it)
