@@ -39,10 +39,9 @@ def check_options(factory: Callable[..., Any], options: Mapping[str, Any], key: 
     params, var_kw, hints = _parameters(factory)
     if forward is not None:
         fparams, var_kw, fhints = _parameters(forward)
-        # the factory passes the forward target's leading positional arguments itself (the add-on gives
-        # Perturber its attacks and defenses per domain): they are not settable through **kwargs
-        positional = [n for n, p in fparams.items() if p.default is p.empty or n in ("attacks", "defenses")]
-        fparams = {n: p for n, p in fparams.items() if n not in positional}
+        # the factory passes the forward target's positional parameters itself (the add-on gives Perturber its
+        # attacks and defenses per domain): only its keyword-only settings are reachable through **kwargs
+        fparams = {n: p for n, p in fparams.items() if p.kind == p.KEYWORD_ONLY}
         params, hints = {**fparams, **params}, {**fhints, **hints}
     for name, value in options.items():
         path = f"{key}.{name}"

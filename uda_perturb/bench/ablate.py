@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .report import DEFAULT_RESULTS, aggregate, environment, mean_std, select_variant, write_results
+from .report import DEFAULT_RESULTS, aggregate, environment, mean_std, pyplot, select_variant, write_results
 from .runner import Run, run_all, train_seconds
 from .setups import ARMS, DACS_RADII, SETUPS, Protocol
 
@@ -57,12 +57,8 @@ def _entropy(a: dict, split: str) -> str:
 
 def plot_eps_sweep(agg: dict, reference: dict, source: str, target: str, path: Path, title: str) -> Path | None:
     """mIoU against eps (relative and absolute radii side by side); ``None`` without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     default = next((k for k in agg if k.startswith("default")), None)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
@@ -97,12 +93,8 @@ def plot_eps_sweep(agg: dict, reference: dict, source: str, target: str, path: P
 def plot_dacs_radius(agg: dict, reference: dict, source: str, target: str, path: Path,
                      title: str) -> Optional[Path]:
     """mIoU against the add-on's relative radius on DACS (0 = no add-on); ``None`` without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     radius = {"dacs": 0.0, "dacs+perturbation eps0.05": 0.05, "dacs+perturbation": 0.1,
               "dacs+perturbation eps0.2": 0.2}
@@ -148,9 +140,7 @@ def apoda_runs(protocol: Protocol, weights: Path, seeds: Sequence[int], only: Op
         method_opts = {**BASE, **pert.pop("_method", {}), "perturbation": pert}
         extra = ["method.name=apoda", f"method.options={to_yaml(method_opts)}"]
         for seed in seeds:
-            runs.append(Run(name, protocol.common() + extra +
-                            [f"model.weights={weights}", f"train.iters={protocol.iters}",
-                             f"train.lr={protocol.adapt_lr}", f"data.batch_size={protocol.setup['batch']}"],
+            runs.append(Run(name, protocol.common() + extra + protocol.adapt_overrides(weights),
                             apoda_folder(protocol) / f"v{i:02d}_s{seed}", seed))
     return runs
 

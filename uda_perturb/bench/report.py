@@ -50,6 +50,19 @@ def write_results(results_dir: Path, name: str, payload: dict[str, Any], markdow
     return js, md
 
 
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the file-only Agg backend, or ``None`` without the ``plot`` extra (reports
+    then skip their figures)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
 def aggregate(runs: Sequence[Run]) -> dict[str, dict]:
     """``{label: {split: {metric: (mean, std, n)}, "iou": {split: {class: (mean, std)}}}}`` over seeds."""
     by_label: dict[str, list[dict]] = {}
@@ -133,8 +146,7 @@ def relative_cost(runs: Sequence[Run], iters: int) -> dict[str, dict[str, float]
     runs of one invocation share the machine, so the ratio is the comparable number)."""
     per: dict[str, list[float]] = {}
     for r in runs:
-        rec = json.loads((r.run_dir / "results.json").read_text())
-        per.setdefault(r.label, []).append(rec.get("train_seconds", 0.0) / max(iters, 1))
+        per.setdefault(r.label, []).append(r.record().get("train_seconds", 0.0) / max(iters, 1))
     out = {}
     for label, values in per.items():
         mean = sum(values) / len(values)
@@ -149,12 +161,8 @@ def cost_plot(agg: dict[str, dict], costs: dict[str, dict[str, float]], split: s
               title: str) -> Optional[Path]:
     """Scatter of mean mIoU on ``split`` (error bar: std over seeds) against training cost relative to
     source-only, one point per method; ``None`` when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     labels = [k for k in agg if k in costs and split in agg[k]]
     fig, ax = plt.subplots(figsize=(7, 4.2))

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -29,12 +29,14 @@ class Run:
     overrides: list[str]
     run_dir: Path
     seed: int = 0
-    group: str = ""
-    tags: dict = field(default_factory=dict)
 
     def done(self) -> bool:
         """Whether the run already finished (its results file exists)."""
         return (self.run_dir / "results.json").is_file()
+
+    def record(self) -> dict:
+        """The finished run's ``results.json``: final ``results`` per split and its ``train_seconds``."""
+        return json.loads((self.run_dir / "results.json").read_text())
 
 
 def launch(recipe: str, run: Run, log_dir: Path, threads: int = 1) -> float:
@@ -66,9 +68,9 @@ def run_all(recipe: str, runs: Sequence[Run], jobs: int, log_dir: Path) -> float
 
 def load_results(run: Run) -> dict:
     """The final evaluation results of a finished run."""
-    return json.loads((run.run_dir / "results.json").read_text())["results"]
+    return run.record()["results"]
 
 
 def train_seconds(runs: Sequence[Run]) -> float:
     """Training compute of finished runs: the sum of their ``train_seconds`` records."""
-    return sum(json.loads((r.run_dir / "results.json").read_text()).get("train_seconds", 0.0) for r in runs)
+    return sum(r.record().get("train_seconds", 0.0) for r in runs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 from .runner import Run, photometric
 
@@ -121,14 +121,15 @@ class Protocol:
         """Every warm start the adaptation runs of these arms and seeds need (one per arm when shared)."""
         return [self.warm_start(on, s) for on in arms for s in (seeds[:1] if self.shared_warm_start else seeds)]
 
-    def adaptation(self, method: str, on: bool, seed: int, weights: Optional[Path] = None) -> Run:
-        """The run of ``method`` (a :data:`METHODS` key) from its warm start (or from ``weights``)."""
-        if weights is None:
-            warm = self.warm_start(on, seed)
-            weights = warm.run_dir / "segmentor.pt"
+    def adapt_overrides(self, weights: Path) -> list[str]:
+        """What every adaptation run sets after its method: the start weights, length, lr and batch size."""
+        return [f"model.weights={weights}", f"train.iters={self.iters}", f"train.lr={self.adapt_lr}",
+                f"data.batch_size={self.setup['batch']}"]
+
+    def adaptation(self, method: str, on: bool, seed: int) -> Run:
+        """The run of ``method`` (a :data:`METHODS` key) from the warm start of ``(on, seed)``."""
+        weights = self.warm_start(on, seed).run_dir / "segmentor.pt"
         folder = re.sub(r"[^A-Za-z0-9_.]+", "_", method) + f"_{arm_name(on)}_s{seed}"
         return Run(method + (" +aug" if on else ""),
-                   self.common() + photometric(on) + METHODS[method] +
-                   [f"model.weights={weights}", f"train.iters={self.iters}", f"train.lr={self.adapt_lr}",
-                    f"data.batch_size={self.setup['batch']}"],
-                   self.work / folder, seed, tags={"iters": self.iters})
+                   self.common() + photometric(on) + METHODS[method] + self.adapt_overrides(weights),
+                   self.work / folder, seed)

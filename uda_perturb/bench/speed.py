@@ -12,6 +12,7 @@ minus RSS before it, after ``malloc_trim`` hands freed blocks back to the OS.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import resource
 import statistics
@@ -26,6 +27,7 @@ import torch
 import uda_perturb as up
 
 from ..methods import build_method
+from ..registry import METHODS as METHOD_REGISTRY
 from .report import DEFAULT_RESULTS, write_results
 
 MODELS: dict[str, dict[str, Any]] = {
@@ -56,16 +58,13 @@ METHODS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
     "dacs": ("dacs", [], {}),
     "dacs+perturbation": ("dacs", ["perturbation"], {}),
 }
-# methods whose output-space discriminators take ``--ndf`` (the comparison uses 32; the paper's code 64)
-WITH_DISCRIMINATOR = ("adaptsegnet", "advent", "apoda")
-
-
 def make(model: str, method: str, device: torch.device, channels_last: bool = False, ndf: Optional[int] = None):
     """The method on the model, in train mode; channels-last as ``train.channels_last`` does."""
     torch.manual_seed(0)
     seg = up.build_segmentor(**MODELS[model])
     name, addons, opts = METHODS[method]
-    if ndf is not None and name in WITH_DISCRIMINATOR:
+    # ``--ndf`` sets the discriminator width of the methods that have one (the comparison: 32; paper code: 64)
+    if ndf is not None and "ndf" in inspect.signature(METHOD_REGISTRY.get(name)).parameters:
         opts = {**opts, "ndf": ndf}
     m = build_method(name, seg, addons, opts).to(device).train()
     return m.to(memory_format=torch.channels_last) if channels_last else m
