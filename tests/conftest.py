@@ -1,3 +1,4 @@
+import os
 import pathlib
 
 import pytest
@@ -9,7 +10,8 @@ CAMVID = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    if "OMP_NUM_THREADS" not in os.environ:  # respect a thread count the caller chose
+        torch.set_num_threads(2)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ Public API::
 """
 from __future__ import annotations
 
+from importlib import metadata as _metadata
 from typing import Any, Callable, Iterable, Optional
 
 from . import attacks as _attacks  # noqa: F401  (registers built-in attacks)
@@ -22,7 +23,10 @@ from .objective_context import ObjectiveContext
 from .perturb import Perturber, PerturbResult, PerturbStats, perturb_and_defend
 from .registry import ADDONS, ATTACKS, BACKBONES, DATASETS, DEFENSES, DISCRIMINATORS, HEADS, METHODS, Registry
 
-__version__ = "0.1.0"
+try:  # the one version number is setup.cfg's, read back from the installed metadata
+    __version__ = _metadata.version("uda_perturb")
+except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 _REGISTRIES = {"backbones": BACKBONES, "heads": HEADS, "discriminators": DISCRIMINATORS, "attacks": ATTACKS,
                "defenses": DEFENSES, "methods": METHODS, "datasets": DATASETS, "addons": ADDONS}
