@@ -20,7 +20,17 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .report import DEFAULT_RESULTS, aggregate, environment, mean_std, pyplot, select_variant, write_results
+from .report import (
+    add_results_options,
+    aggregate,
+    check_replace,
+    environment,
+    mean_std,
+    pyplot,
+    results_folder,
+    select_variant,
+    write_results,
+)
 from .runner import Run, run_all, train_seconds
 from .setups import ARMS, DACS_RADII, SETUPS, Protocol
 
@@ -166,7 +176,7 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
                     "augmented when the comparison runs that arm)")
     ap.add_argument("--quick", action="store_true", help="the protocol of `compare --quick` (20 warm-start and 10 "
                     "adaptation iterations, first seed): a smoke test")
-    ap.add_argument("--results-dir", default=str(results_dir or DEFAULT_RESULTS))
+    add_results_options(ap, quick_default=True)
     args = ap.parse_args(argv)
     setup = SETUPS[args.dataset]
     if args.quick:
@@ -175,6 +185,9 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     protocol = Protocol(args.dataset, Path(args.work_dir) / f"compare_{args.dataset}{suffix}",
                         20 if args.quick else setup["pretrain_iters"],
                         args.iters or (10 if args.quick else setup["iters"]), setup["adapt_lr"], quick=args.quick)
+    name = args.name or (f"ablate_{args.dataset}" if args.method == "apoda" else f"ablate_dacs_{args.dataset}") + suffix
+    out = results_folder(args, results_dir, args.quick)
+    check_replace(args, out, name, [f"{name}_eps.png"])
     start = time.time()
     if args.method == "dacs":
         on = ARMS[args.aug or setup.get("aug", "both")][-1]  # the comparison's arm (augmented when it runs both)
@@ -199,9 +212,7 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     env = {"seeds": args.seeds, "iters": protocol.iters, "warm_starts": [str(w.run_dir) for w in warm],
            "wall_seconds_this_invocation": round(time.time() - start), "jobs": args.jobs,
            "train_seconds_all_runs": round(train_seconds(runs))}
-    out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
-    name = args.name or (f"ablate_{args.dataset}" if args.method == "apoda" else f"ablate_dacs_{args.dataset}") + suffix
     plotter = plot_eps_sweep if args.method == "apoda" else plot_dacs_radius
     png = plotter(agg, reference, s, t, out / f"{name}_eps.png", args.dataset)
     if args.method == "apoda":

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .report import (
-    DEFAULT_RESULTS,
+    add_results_options,
     aggregate,
+    check_replace,
     cost_plot,
     differences_table,
     environment,
@@ -22,6 +23,7 @@ from .report import (
     per_class_table,
     plot,
     relative_cost,
+    results_folder,
     summary_table,
     write_results,
 )
@@ -29,7 +31,7 @@ from .runner import run_all, train_seconds
 from .setups import ARMS, DEFAULT_METHODS, METHODS, PAIRS, SETUPS, Protocol
 
 
-def build_parser(results_dir: Optional[Path] = None) -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     """Command-line options of the comparison."""
     ap = argparse.ArgumentParser(prog="compare", description=__doc__)
     ap.add_argument("--dataset", choices=sorted(SETUPS), default="camvid")
@@ -49,14 +51,14 @@ def build_parser(results_dir: Optional[Path] = None) -> argparse.ArgumentParser:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra recipe override")
     ap.add_argument("--quick", action="store_true", help="a few iterations, one seed: a smoke test")
     ap.add_argument("--work-dir", default="runs/bench")
-    ap.add_argument("--results-dir", default=str(results_dir or DEFAULT_RESULTS))
+    add_results_options(ap, quick_default=True)
     ap.add_argument("--name", help="results file stem (default compare_<dataset>)")
     return ap
 
 
 def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = None) -> int:
     """Warm starts, then every (method, augmentation arm, seed) run, then the report."""
-    args = build_parser(results_dir).parse_args(argv)
+    args = build_parser().parse_args(argv)
     setup: dict[str, Any] = SETUPS[args.dataset]
     seeds = args.seeds[:1] if args.quick else args.seeds
     name = args.name or f"compare_{args.dataset}" + ("_quick" if args.quick else "")
@@ -68,6 +70,8 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     args.methods = args.methods or setup.get("methods", DEFAULT_METHODS)
     args.aug = args.aug or setup.get("aug", "both")
     arms = ARMS[args.aug]
+    out = results_folder(args, results_dir, args.quick)
+    check_replace(args, out, name, [f"{name}.png", f"{name}_cost.png"])
     warm = protocol.warm_starts(arms, seeds)
     runs = [protocol.adaptation(m, on, s) for on in arms for m in args.methods for s in seeds]
     start = time.time()
@@ -78,16 +82,15 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     everything = warm + runs
     suffix = [" +aug" if on else "" for on in arms]
     pairs = [(a + x, b + x) for x in suffix for a, b in PAIRS]
-    report(args, protocol, aggregate(everything), name, seeds, wall, train_seconds(everything),
+    report(args, protocol, out, aggregate(everything), name, seeds, wall, train_seconds(everything),
            relative_cost(runs, protocol.iters), paired_differences(runs, pairs, setup["target"]))
     return 0
 
 
-def report(args: argparse.Namespace, protocol: Protocol, agg: dict, name: str, seeds: Sequence[int], wall: float,
-           compute: float, costs: dict, diffs: dict) -> None:
-    """Write markdown, JSON and the bar plot under the results folder."""
+def report(args: argparse.Namespace, protocol: Protocol, out: Path, agg: dict, name: str, seeds: Sequence[int],
+           wall: float, compute: float, costs: dict, diffs: dict) -> None:
+    """Write markdown, JSON and the bar plot under the results folder ``out``."""
     setup = protocol.setup
-    out = Path(args.results_dir)
     t, s, g = setup["target"], setup["source"], setup["groups"]
     env = {"wall_seconds_this_invocation": round(wall),
            "wall_seconds_longest_invocation": round(longest_wall(out / f"{name}.json", wall)), "jobs": args.jobs,

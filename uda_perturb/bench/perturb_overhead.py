@@ -20,7 +20,7 @@ import torch
 
 import uda_perturb as up
 
-from .report import DEFAULT_RESULTS, write_results
+from .report import add_results_options, check_replace, results_folder, write_results
 
 
 def peak_rss_mb() -> float:
@@ -38,8 +38,10 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="perturb_overhead")
-    ap.add_argument("--results-dir", default=str(results_dir or DEFAULT_RESULTS))
+    add_results_options(ap)
     args = ap.parse_args(argv)
+    out = results_folder(args, results_dir)
+    check_replace(args, out, args.out)
     torch.manual_seed(args.seed)
     dev = torch.device(args.device)
     seg = up.build_segmentor("deeplabv2", backbone=args.backbone, num_classes=args.classes).to(dev).train()
@@ -144,7 +146,7 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
         md.append(f"| {r['steps']} | {r['time_s']:.4f} | {r['time_ratio']:.3f} | {r['ratio_to_floor']:.2f} | {mem} |")
     md += ["", "The perturbation runs on the features the step already computed: it costs classifier "
            "(and discriminator) passes, never a backbone pass. Target: time ratio at most 0.15 at steps=1."]
-    js, mdp = write_results(Path(args.results_dir), args.out, payload, "\n".join(md))
+    js, mdp = write_results(out, args.out, payload, "\n".join(md))
     print("\n".join(md))
     print(f"wrote {js} and {mdp}")
     return 0

@@ -2,6 +2,7 @@
 JSON) with the exact command, versions and machine."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -14,6 +15,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from ..errors import UserError
 from .runner import Run, load_results
 
 DEFAULT_RESULTS = Path("benchmarks") / "results"
@@ -34,6 +36,47 @@ def environment() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+class ResultsExistError(UserError, FileExistsError):
+    """A benchmark would replace results files it was not asked to replace."""
+
+
+def add_results_options(ap: argparse.ArgumentParser, quick_default: bool = False) -> None:
+    """``--results-dir`` and ``--force``, shared by every benchmark."""
+    where = "<work-dir>/results for --quick runs, else " if quick_default else ""
+    ap.add_argument("--results-dir", help=f"where the results files go (default: {where}benchmarks/results, where "
+                                          "existing files are replaced only with --force); a folder given here "
+                                          "is written to freely")
+    ap.add_argument("--force", action="store_true",
+                    help="replace existing results files in the default folder (a deliberate full run; the files "
+                         "replaced are named)")
+
+
+def results_folder(args: argparse.Namespace, default: Optional[Path], quick: bool = False) -> Path:
+    """Where a benchmark writes: ``--results-dir`` when given; a quick (smoke) run's own folder under its work
+    folder, never the committed results; else ``default`` (the entry points' ``benchmarks/results``)."""
+    if args.results_dir:
+        return Path(args.results_dir)
+    if quick:
+        return Path(getattr(args, "work_dir", "runs/bench")) / "results"
+    return Path(default or DEFAULT_RESULTS)
+
+
+def check_replace(args: argparse.Namespace, folder: Path, stem: str, plots: Sequence[str] = ()) -> None:
+    """Refuse, before any work, to replace results files (``stem.md``, ``stem.json`` and the ``plots`` file
+    names) in the default folder without ``--force``; with it, name what will be replaced. A folder given with
+    ``--results-dir`` is the user's to write to."""
+    if args.results_dir:
+        return
+    existing = [folder / f for f in (f"{stem}.md", f"{stem}.json", *plots) if (folder / f).exists()]
+    if not existing:
+        return
+    names = ", ".join(p.name for p in existing)
+    if not getattr(args, "force", False):
+        raise ResultsExistError(f"{folder} already holds {names}; pass --force to replace them (a deliberate full "
+                                "run), or --results-dir / --name to write new files")
+    print(f"--force: replacing {names} in {folder}", flush=True)
 
 
 def write_results(results_dir: Path, name: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:

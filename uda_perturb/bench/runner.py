@@ -1,17 +1,19 @@
 """Training runs of a benchmark: each run is a subprocess ``python -m uda_perturb train ...`` (one thread
-each, ``jobs`` at a time), so runs are isolated and a restarted benchmark skips runs whose ``results.json``
-exists."""
+each, ``jobs`` at a time), so runs are isolated. A finished run records its fingerprint (resolved config and the
+content of its start weights); a restarted benchmark reuses a folder only when that fingerprint equals the
+requested run's, and trains it again otherwise."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 PHOTOMETRIC_KEYS = ("data.source.transforms.photometric", "data.target.transforms.photometric")
 
@@ -19,6 +21,30 @@ PHOTOMETRIC_KEYS = ("data.source.transforms.photometric", "data.target.transform
 def photometric(on: bool) -> list[str]:
     """Overrides that switch photometric augmentation on or off for both training domains."""
     return [f"{k}={str(on).lower()}" for k in PHOTOMETRIC_KEYS]
+
+
+FINGERPRINT = "fingerprint.json"
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def file_sha256(path: Path) -> Optional[str]:
+    """SHA-256 of a file's bytes, ``None`` when it does not exist (yet)."""
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 @dataclass
@@ -30,9 +56,29 @@ class Run:
     run_dir: Path
     seed: int = 0
 
-    def done(self) -> bool:
-        """Whether the run already finished (its results file exists)."""
-        return (self.run_dir / "results.json").is_file()
+    def fingerprint(self, recipe: str) -> dict[str, Any]:
+        """What the run is: its resolved config (method, options, iterations, lr, seed, data...) and the content
+        of the weights it starts from (a warm start redone with other settings changes it)."""
+        from ..config import load_config, to_dict
+
+        cfg = to_dict(load_config(recipe, self.overrides + [f"seed={self.seed}"]))
+        weights = cfg["model"].get("weights")
+        return {"config": cfg, "weights_sha256": file_sha256(Path(weights)) if weights else None}
+
+    def differences(self, recipe: str) -> Optional[list[str]]:
+        """``None`` when the folder holds no finished run; else the settings (dotted keys) in which the finished
+        run differs from this one (empty: it is this run)."""
+        if not (self.run_dir / "results.json").is_file():
+            return None
+        stored_file = self.run_dir / FINGERPRINT
+        if not stored_file.is_file():
+            return ["(no fingerprint: made before runs recorded their settings)"]
+        stored, want = flatten(json.loads(stored_file.read_text())), flatten(self.fingerprint(recipe))
+        return sorted(k for k in set(stored) | set(want) if stored.get(k) != want.get(k))
+
+    def done(self, recipe: str) -> bool:
+        """Whether the folder holds this very run, finished (same resolved config, same start weights)."""
+        return self.differences(recipe) == []
 
     def record(self) -> dict:
         """The finished run's ``results.json``: final ``results`` per split and its ``train_seconds``."""
@@ -40,9 +86,15 @@ class Run:
 
 
 def launch(recipe: str, run: Run, log_dir: Path, threads: int = 1) -> float:
-    """Train one run in a subprocess unless it already finished; returns its wall time in seconds."""
-    if run.done():
+    """Train one run in a subprocess unless its folder holds this very run finished; a folder holding a run
+    made with other settings is retrained (the differing keys are printed). Returns the wall time in seconds."""
+    diff = run.differences(recipe)
+    if diff == []:
         return 0.0
+    if diff:
+        shown = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
+        print(f"{run.run_dir}: holds a run made with other settings ({shown}); training it again", flush=True)
+    want = run.fingerprint(recipe)
     log_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "uda_perturb", "train", recipe, "--run-dir", str(run.run_dir), "--no-progress",
            "--overwrite"]
@@ -54,15 +106,19 @@ def launch(recipe: str, run: Run, log_dir: Path, threads: int = 1) -> float:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"run {run.run_dir.name} failed (exit {proc.returncode}); see {log_dir}")
+    (run.run_dir / FINGERPRINT).write_text(json.dumps(want, indent=1))
     return time.time() - start
 
 
 def run_all(recipe: str, runs: Sequence[Run], jobs: int, log_dir: Path) -> float:
-    """Run everything, ``jobs`` at a time; returns the wall time."""
+    """Run everything, ``jobs`` at a time, printing one line per run as it finishes; returns the wall time."""
     start = time.time()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for fut in [pool.submit(launch, recipe, r, log_dir) for r in runs]:
-            fut.result()
+        futures = {pool.submit(launch, recipe, r, log_dir): r for r in runs}
+        for k, fut in enumerate(as_completed(futures), 1):
+            seconds, r = fut.result(), futures[fut]
+            what = f"trained in {seconds:.0f} s" if seconds else "already there with these settings"
+            print(f"[{k}/{len(runs)}] {r.label} (seed {r.seed}, {r.run_dir.name}): {what}", flush=True)
     return time.time() - start
 
 

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .report import DEFAULT_RESULTS, write_results
+from .report import add_results_options, check_replace, results_folder, write_results
 from .runner import Run, launch
 
 RECIPE = "camvid_day2dusk_pretrained"
@@ -64,14 +64,16 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     ap.add_argument("--iters", type=int, default=600)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("runs/setup_pretrained"))
-    ap.add_argument("--results-dir", default=str(results_dir or DEFAULT_RESULTS))
+    add_results_options(ap)
     args = ap.parse_args(argv)
+    folder = results_folder(args, results_dir)
+    check_replace(args, folder, "setup_camvid_pretrained")
     rows, payload = [], {"candidates": {}, "iters": args.iters}
     for key in args.only.split(","):
         launch(RECIPE, make_run(key, args), args.out / "logs", threads=args.threads)
     for key, (desc, overrides) in CANDIDATES.items():  # report every finished candidate, this call's or earlier
         run = make_run(key, args)
-        if not run.done():
+        if not run.done(RECIPE):
             continue
         res = json.loads((run.run_dir / "results.json").read_text())
         day = res["results"]["source_test"]
@@ -88,6 +90,6 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
           f"read). Seed 0, batch 8, {args.iters} iterations, {args.threads} threads, one run at a time.\n",
           "| candidate | s/iter | Seq05VD mIoU at 1/3, 2/3, end | mIoU | tail | head | "
           + " | ".join(TAIL) + " |", "|" + "---|" * (6 + len(TAIL)), *rows]
-    js, mdp = write_results(Path(args.results_dir), "setup_camvid_pretrained", payload, "\n".join(md))
+    js, mdp = write_results(folder, "setup_camvid_pretrained", payload, "\n".join(md))
     print(mdp.read_text())
     return 0
