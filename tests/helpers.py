@@ -51,3 +51,23 @@ def ddp_init_state(method: str = "apoda"):
     cfg = tiny_config(method, "train.iters=2", method_options(method))
     torch.manual_seed(cfg.seed)
     return build_method(method, build_model(cfg), [], cfg.method.options).state_dict()
+
+
+def assert_resume_is_bit_exact(tmp_path, method: str, extra, stop: int = 2):
+    """Train ``extra``'s iterations in one go and, in another folder, to ``stop`` then resumed; every tensor of
+    the method's state (segmentor, discriminators, teacher) must be equal. Returns both trainers."""
+    import torch
+
+    from uda_perturb.engine import Trainer
+
+    full = Trainer(tiny_config(method, *extra), tmp_path / "full", progress=False)
+    full.fit()
+    Trainer(tiny_config(method, *extra, f"train.stop_at={stop}"), tmp_path / "part", progress=False).fit()
+    resumed = Trainer(tiny_config(method, *extra), tmp_path / "part", resume=True, progress=False)
+    assert resumed.iteration == stop
+    resumed.fit()
+    a, b = full.method.state_dict(), resumed.method.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+    return full, resumed

@@ -111,3 +111,19 @@ def test_apoda_source_defense_keeps_the_class_balance_of_the_seg_loss():
     losses, _ = addon(method, state)
     expected = addon.lambda_source * seg_ce(addon._adv_logits["source"], y, weight=w)
     assert torch.allclose(losses["def_source"].detach(), expected, rtol=1e-5)
+
+
+def test_label_counts_of_items_without_read_label_draw_nothing_from_the_run_rng():
+    from uda_perturb.class_balance import per_image_class_pixels
+
+    class Items(torch.utils.data.Dataset):  # labels only through items, whose transforms draw from torch's RNG
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return {"label": torch.full((2, 2), int(torch.randint(0, 1, ())) + i)}
+
+    state = torch.get_rng_state()
+    counts = per_image_class_pixels(Items(), 3)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert counts.tolist() == [[4, 0, 0], [0, 4, 0], [0, 0, 4]]

@@ -5,11 +5,12 @@ import signal
 
 import pytest
 import torch
-from helpers import tiny_config
+from helpers import assert_resume_is_bit_exact, method_options, tiny_config
 
 from uda_perturb.config import load_config
 from uda_perturb.engine import Trainer, TrainingInterrupted
 from uda_perturb.engine.checkpoint import load_checkpoint, save_atomic
+from uda_perturb.registry import METHODS
 
 
 def final_state(trainer):
@@ -37,6 +38,15 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, method):
         for i in sa:
             for key in sa[i]:
                 assert torch.equal(torch.as_tensor(sa[i][key]), torch.as_tensor(sb[i][key]))
+
+
+@pytest.mark.parametrize("method", METHODS.list())
+def test_resume_is_bit_exact_for_every_registered_method_with_rare_class_sampling(tmp_path, method):
+    # crops (so rare-class sampling re-draws them) and photometric jitter: every random draw must replay
+    extra = ["train.iters=3", method_options(method), "data.source.transforms.crop=[32, 48]",
+             "data.source.transforms.scale=[1.0, 1.5]", "data.source.transforms.photometric=true",
+             "data.rare_class_sampling={temperature: 0.5, min_pixels: 4}"]
+    assert_resume_is_bit_exact(tmp_path, method, extra)
 
 
 def test_gradient_accumulation_and_metrics_log(tmp_path):

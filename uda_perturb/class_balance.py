@@ -22,7 +22,11 @@ def per_image_class_pixels(dataset: Dataset, num_classes: int) -> np.ndarray:
     counts = np.zeros((len(dataset), num_classes), dtype=np.int64)  # type: ignore[arg-type]
     reader = getattr(dataset, "read_label", None)
     for i in range(len(counts)):
-        label = reader(i) if reader is not None else dataset[i]["label"]
+        if reader is not None:
+            label = reader(i)
+        else:  # items run the random transforms: never draw from the run's RNG (exact resumes replay it)
+            with torch.random.fork_rng(devices=[]):
+                label = dataset[i]["label"]
         if label is None:
             continue
         lab = torch.as_tensor(label).reshape(-1)

@@ -102,6 +102,10 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     poly_power: float = 0.9
+    # DAFormer's linear warm-up (mmcv ``warmup="linear"``): for iteration i < warmup_iters the poly lr is scaled
+    # by 1 - (1 - i / warmup_iters) * (1 - warmup_ratio); DAFormer uses 1500 iterations from ratio 1e-6
+    warmup_iters: int = 0
+    warmup_ratio: float = 1e-6
     head_lr_mult: float = 10.0
     d_lr: float = 1e-4
     d_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
@@ -272,6 +276,9 @@ def build_config(data: dict) -> ExperimentConfig:
                           f"got {cfg.train.optimizer!r}{hint}")
     if cfg.train.iters < 1 or cfg.train.accumulate < 1 or cfg.data.batch_size < 1:
         raise ConfigError("train.iters, train.accumulate and data.batch_size must be positive")
+    if cfg.train.warmup_iters < 0 or not 0.0 <= cfg.train.warmup_ratio <= 1.0:
+        raise ConfigError("train.warmup_iters must be >= 0 and train.warmup_ratio in [0, 1], got "
+                          f"{cfg.train.warmup_iters} and {cfg.train.warmup_ratio}")
     if isinstance(cfg.train.class_weights, str) and cfg.train.class_weights != "median_frequency":
         close = difflib.get_close_matches(cfg.train.class_weights, ["median_frequency"], n=1, cutoff=0.5)
         hint = " (did you mean 'median_frequency'?)" if close else ""

@@ -34,15 +34,19 @@ def seg_ce(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNOR
 
 def pixel_weighted_ce(logits: torch.Tensor, labels: torch.Tensor, pixel_weights: torch.Tensor,
                       ignore_index: int = IGNORE_INDEX, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """``mean over all B x H x W pixels of pixel_weights * w_y * CE`` (ignored pixels contribute 0), the
-    self-training loss of DACS/DAFormer (mmseg's per-pixel ``seg_weight`` with mean reduction); ``w_y`` are
-    optional per-class weights. Logits are upsampled to the label size first."""
+    """The self-training loss of DACS/DAFormer: ``mean over all B x H x W pixels of pixel_weights * CE``
+    (mmseg's per-pixel ``seg_weight`` with mean reduction; ignored pixels contribute 0).
+
+    With per-class ``weight`` it is normalised as :func:`seg_ce` is: ``sum_i p_i w_{y_i} CE_i / sum_i w_{y_i}``
+    over the valid pixels, so class weights re-balance the classes without scaling the loss (an option of
+    ours; neither reference weights this loss). Logits are upsampled to the label size first."""
     logits = upsample(logits, tuple(labels.shape[-2:]))
     ce = F.cross_entropy(logits.float(), labels.long(), ignore_index=ignore_index, reduction="none")
     w = pixel_weights.float()
-    if weight is not None:
-        w = w * weight[labels.clamp(0, weight.numel() - 1).long()] * (labels != ignore_index)
-    return (ce * w).mean()
+    if weight is None:
+        return (ce * w).mean()
+    wy = weight.float()[labels.clamp(0, weight.numel() - 1).long()] * (labels != ignore_index)
+    return (ce * w * wy).sum() / wy.sum().clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def self_information(logits: torch.Tensor) -> torch.Tensor:

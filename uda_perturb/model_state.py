@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 _BN = (nn.modules.batchnorm._BatchNorm,)
-_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+DROPOUT_LAYERS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 
 @contextlib.contextmanager
@@ -32,7 +32,7 @@ def frozen_state(*modules: nn.Module | None, bn_mode: str = "eval") -> Iterator[
     buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
     try:
         for m in seen.values():
-            if isinstance(m, _DROPOUT):
+            if isinstance(m, DROPOUT_LAYERS):
                 m.eval()
             elif isinstance(m, _BN):
                 if bn_mode == "eval":

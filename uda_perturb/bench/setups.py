@@ -23,6 +23,12 @@ METHODS: dict[str, list[str]] = {
                      f"method.options={{{D}, perturbation: {{source_attacks: [random], target_attacks: [random]}}}}"],
     "dacs": ["method.name=dacs"],
     "dacs+perturbation": ["method.name=dacs", "method.addons=[perturbation]"],  # eps 0.1 relative (default)
+    # the perturbation family on DACS: a random direction at the add-on's radius, channel dropout, MIC masking
+    "dacs+random": ["method.name=dacs", "method.addons=[{name: perturbation, source_attacks: [random]}]"],
+    "dacs+dropout": ["method.name=dacs",
+                     "method.addons=[{name: perturbation, source_attacks: [{name: dropout, rate: 0.5}]}]"],
+    "dacs+mic": ["method.name=dacs", "method.addons=[mic]"],
+    "dacs+mic+perturbation": ["method.name=dacs", "method.addons=[mic, perturbation]"],
     # diagnostic: DACS with the backbone's BatchNorm frozen (running statistics and affine from the warm start),
     # so the strongly augmented mixed images cannot move the statistics the evaluation uses
     "dacs+frozenBN": ["method.name=dacs", "model.backbone_options.bn=frozen"],

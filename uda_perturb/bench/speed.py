@@ -28,7 +28,7 @@ import uda_perturb as up
 
 from ..methods import build_method
 from ..registry import METHODS as METHOD_REGISTRY
-from .report import DEFAULT_RESULTS, write_results
+from .report import add_results_options, check_replace, results_folder, write_results
 
 MODELS: dict[str, dict[str, Any]] = {
     "deeplabv2_r50": dict(head="aspp_v2", backbone="resnet50", num_classes=19, multi_level=True,
@@ -46,7 +46,7 @@ MODELS: dict[str, dict[str, Any]] = {
                              backbone_kwargs={"output_stride": 8, "pretrained": False},
                              head_kwargs={"atrous_rates": (3, 6, 9)}),
 }
-METHODS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
+METHODS: dict[str, tuple[str, list[Any], dict[str, Any]]] = {
     "source_only": ("source_only", [], {}),
     "adaptsegnet": ("adaptsegnet", [], {}),
     "advent": ("advent", [], {"minent_weights": [0.001]}),
@@ -57,6 +57,10 @@ METHODS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
     "apoda+random": ("apoda", [], {"perturbation": {"source_attacks": ["random"], "target_attacks": ["random"]}}),
     "dacs": ("dacs", [], {}),
     "dacs+perturbation": ("dacs", ["perturbation"], {}),
+    "dacs+random": ("dacs", [{"name": "perturbation", "source_attacks": ["random"]}], {}),
+    "dacs+dropout": ("dacs", [{"name": "perturbation", "source_attacks": [{"name": "dropout", "rate": 0.5}]}], {}),
+    "dacs+mic": ("dacs", ["mic"], {}),
+    "dacs+mic+perturbation": ("dacs", ["mic", "perturbation"], {}),
 }
 def make(model: str, method: str, device: torch.device, channels_last: bool = False, ndf: Optional[int] = None):
     """The method on the model, in train mode; channels-last as ``train.channels_last`` does."""
@@ -181,7 +185,7 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     ap.add_argument("--skip-memory", action="store_true", help="time only")
     ap.add_argument("--ndf", type=int, help="discriminator width (default: each method's, 64; the comparison: 32)")
     ap.add_argument("--out")
-    ap.add_argument("--results-dir", default=str(results_dir or DEFAULT_RESULTS))
+    add_results_options(ap)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -189,6 +193,9 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
         memory_child(args)
         return 0
     device = torch.device(args.device)
+    name = args.out or f"speed_{args.model}_{device.type}{'_amp' if args.amp else ''}"
+    out = results_folder(args, results_dir)
+    check_replace(args, out, name)
     step = measure_time(args, device)
     mem = {m: float("nan") for m in args.methods} if args.skip_memory else measure_memory(args, device)
     base_t, base_m = step["source_only"], mem["source_only"]
@@ -197,7 +204,6 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
              "time_vs_adaptsegnet": step[m] / asn_t if asn_t else None, "peak_mb": mem[m],
              "mem_vs_source_only": mem[m] / base_m if base_m else None,
              "mem_vs_adaptsegnet": mem[m] / asn_m if asn_m else None} for m in args.methods]
-    name = args.out or f"speed_{args.model}_{device.type}{'_amp' if args.amp else ''}"
     title = (f"# Step time and peak memory per method ({args.model}, input {args.batch}+{args.batch} x 3 x "
              f"{args.size[0]} x {args.size[1]}, {device.type}{', bf16' if args.amp else ''})")
     md = [title, "", f"Median of {args.repeats} interleaved steps; memory: "
@@ -214,7 +220,7 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     payload = {"model": args.model, "size": args.size, "batch": args.batch, "rows": rows, "repeats": args.repeats,
                "device": str(device), "amp": args.amp, "channels_last": args.channels_last, "ndf": args.ndf,
                "threads": torch.get_num_threads()}
-    write_results(Path(args.results_dir), name, payload, "\n".join(md))
+    write_results(out, name, payload, "\n".join(md))
     print("\n".join(md))
     return 0
 

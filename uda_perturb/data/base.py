@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from ..errors import DataError
 from .io import map_label, read_label_raw, read_rgb, unknown_ids
 from .label_maps import lookup_table
+from .transforms import transform_item
 
 Transform = Callable[[torch.Tensor, Optional[torch.Tensor]], tuple]
 
@@ -32,7 +33,8 @@ class DatasetInfo:
 
 
 class PairedSegmentationDataset(Dataset):
-    """Items are dicts ``{"image": 3xHxW float, "label": HxW int64 (255 = ignore), "name": str}``.
+    """Items are dicts ``{"image": 3xHxW float, "label": HxW int64 (255 = ignore), "name": str}`` (and
+    ``image_unjittered`` when the transforms jitter photometrically, see ``Compose.apply``).
 
     ``labels=None`` (or a ``None`` entry) gives an all-255 label, for unlabelled data. Every file is checked
     to exist at construction, so a broken dataset fails before training starts, naming the file.
@@ -95,11 +97,10 @@ class PairedSegmentationDataset(Dataset):
             where = self.labels[index] if self.labels else None
             raise DataError(f"{self.info.name}: label {where} is {tuple(label.shape)} but image "
                             f"{self.images[index]} is {tuple(image.shape[-2:])}")
-        if self.transform is not None:
-            image, label = self.transform(image, label)
+        image, label, extras = transform_item(self.transform, image, label)
         if label is None:
             label = torch.full(image.shape[-2:], 255, dtype=torch.int64)
-        return {"image": image, "label": label, "name": self.images[index].name}
+        return {"image": image, "label": label, "name": self.images[index].name, **extras}
 
 
 def _drop_missing(name: str, images: list, labels: Optional[list], skip: bool) -> tuple[list, Optional[list]]:

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from ..errors import DataError
 from ..registry import DATASETS
 from .base import DatasetInfo, Transform
+from .transforms import transform_item
 
 SYNTHETIC_CLASSES = ("road", "sidewalk", "building", "sky", "vegetation", "car", "pole", "sign", "person")
 SYNTHETIC_PALETTE = ((128, 64, 128), (244, 35, 232), (70, 70, 70), (70, 130, 180), (107, 142, 35),
@@ -123,6 +124,12 @@ class SyntheticRoadScenes(Dataset):
     def __len__(self) -> int:
         return self.length
 
+    def read_label(self, index: int) -> torch.Tensor:
+        """Item ``index``'s label before any transform (as the real-data readers' ``read_label``)."""
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for {self.length} scenes")
+        return torch.from_numpy(_paint_layout(np.random.default_rng([self.seed, index]), *self.size).astype(np.int64))
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} scenes")
@@ -130,9 +137,9 @@ class SyntheticRoadScenes(Dataset):
         img = _render(np.random.default_rng([self.seed, index, 1 + _DOMAINS.index(self.domain)]), lab, self.domain)
         image = torch.from_numpy(img).permute(2, 0, 1).contiguous()
         label = torch.from_numpy(lab.astype(np.int64))
-        if self.transform is not None:
-            image, label = self.transform(image, label)
-        return {"image": image, "label": label, "name": f"{self.domain}_{self.seed}_{index:05d}"}
+        image, out_label, extras = transform_item(self.transform, image, label)
+        assert out_label is not None
+        return {"image": image, "label": out_label, "name": f"{self.domain}_{self.seed}_{index:05d}", **extras}
 
 
 @DATASETS.register("synthetic")

@@ -3,7 +3,7 @@ labels are ``H x W`` int64 and are only ever resized with nearest neighbour. Ran
 generator, so a seeded run (and an exact resume) replays the same augmentations."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,22 @@ class Compose:
         for t in self.transforms:
             image, label = t(image, label)
         return image, label
+
+    def apply(self, image: torch.Tensor, label: Label = None) -> tuple[torch.Tensor, Label, dict]:
+        """As ``__call__``, plus ``{"image_unjittered": ...}`` when the pipeline holds a
+        :class:`PhotometricJitter`: the same image (same crop, scale and flip) with every step but the jitter.
+        Self-training teachers label that image, as DACS/DAFormer's teachers see no photometric augmentation."""
+        extras: dict = {}
+        clean: Optional[torch.Tensor] = None
+        for t in self.transforms:
+            if isinstance(t, PhotometricJitter):
+                clean = image
+            elif clean is not None:
+                clean, _ = t(clean, None)  # only label-free steps follow the jitter (normalisation)
+            image, label = t(image, label)
+        if clean is not None:
+            extras["image_unjittered"] = clean
+        return image, label, extras
 
 
 class Resize:
@@ -158,6 +174,18 @@ def denormalize(images: torch.Tensor, mode: str) -> torch.Tensor:
     a, b, flip = _affine(mode, images)
     x = (images - b) / a
     return x.flip(-3) if flip else x
+
+
+def transform_item(transform: Optional[Callable], image: torch.Tensor, label: Label) -> tuple[torch.Tensor, Label,
+                                                                                               dict]:
+    """Run a dataset's ``transform`` (any callable ``(image, label) -> (image, label)``); a :class:`Compose`
+    also returns its extra images (see :meth:`Compose.apply`)."""
+    if transform is None:
+        return image, label, {}
+    if isinstance(transform, Compose):
+        return transform.apply(image, label)
+    image, label = transform(image, label)
+    return image, label, {}
 
 
 def build_transforms(size: Optional[Sequence[int]] = None, crop: Optional[Sequence[int]] = None,

@@ -1,4 +1,4 @@
-"""Optimisers and the poly learning-rate schedule of AdaptSegNet/ADVENT."""
+"""Optimisers, the poly learning-rate schedule of AdaptSegNet/ADVENT and DAFormer's linear warm-up."""
 from __future__ import annotations
 
 import torch
@@ -33,9 +33,19 @@ def build_optimizers(method: UDAMethod, cfg: TrainConfig) -> dict[str, torch.opt
     return opts
 
 
+def warmup_factor(iteration: int, warmup_iters: int, ratio: float) -> float:
+    """mmcv's linear warm-up (DAFormer): ``1 - (1 - iteration / warmup_iters) * (1 - ratio)`` before
+    ``warmup_iters``, 1 from there on."""
+    if iteration >= warmup_iters:
+        return 1.0
+    return 1.0 - (1.0 - iteration / warmup_iters) * (1.0 - ratio)
+
+
 def set_poly_lr(opts: dict[str, torch.optim.Optimizer], iteration: int, cfg: TrainConfig) -> float:
-    """Apply the poly schedule to every group; returns the segmentor backbone's current lr."""
-    f = poly_factor(iteration, cfg.iters, cfg.poly_power)
+    """Apply the poly schedule (times the linear warm-up while ``iteration < cfg.warmup_iters``) to every group,
+    discriminators included; returns the segmentor backbone's current lr."""
+    f = poly_factor(iteration, cfg.iters, cfg.poly_power) * warmup_factor(iteration, cfg.warmup_iters,
+                                                                          cfg.warmup_ratio)
     for opt in opts.values():
         for g in opt.param_groups:
             g["lr"] = g["initial_lr"] * f

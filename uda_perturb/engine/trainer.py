@@ -206,8 +206,10 @@ class Trainer:
 
     def _to_device(self, batch: dict) -> dict:
         out = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        if self.cfg.train.channels_last and "image" in out:
-            out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
+        if self.cfg.train.channels_last:
+            for key in ("image", "image_unjittered"):
+                if key in out:
+                    out[key] = out[key].contiguous(memory_format=torch.channels_last)
         return out
 
     def _autocast(self):

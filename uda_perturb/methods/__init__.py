@@ -5,7 +5,17 @@ from typing import Any, Optional, Sequence, Union
 
 from ..models.segmentor import Segmentor
 from ..registry import ADDONS, METHODS
-from . import adaptsegnet, advent, apoda, dacs, minent, perturbation_addon, source_only  # noqa: F401
+from . import (  # noqa: F401
+    adaptsegnet,
+    advent,
+    apoda,
+    dacs,
+    feature_distance,
+    mic,
+    minent,
+    perturbation_addon,
+    source_only,
+)
 from .base import StepResult, StepState, UDAMethod
 
 AddonSpec = Union[str, dict]
@@ -15,7 +25,12 @@ def build_method(name: str, segmentor: Segmentor, addons: Sequence[AddonSpec] = 
                  options: Optional[dict[str, Any]] = None) -> UDAMethod:
     """Build a method by name with add-ons given by name or ``{"name": ..., **settings}``."""
     built = [ADDONS.build(a) for a in addons]
-    return METHODS.build(name, segmentor=segmentor, addons=built, **(options or {}))
+    method = METHODS.build(name, segmentor=segmentor, addons=built, **(options or {}))
+    for addon in built:  # add-ons that need something of the method say so now, not at the first step
+        check = getattr(addon, "check", None)
+        if check is not None:
+            check(method)
+    return method
 
 
 __all__ = ["StepResult", "StepState", "UDAMethod", "build_method"]

@@ -31,6 +31,14 @@ class StepState:
     mixed: Optional[SegmentorOutput] = None
     mixed_labels: Optional[torch.Tensor] = None
     mixed_weights: Optional[torch.Tensor] = None
+    # self-training: the teacher's pseudo-labels and their weights on the target batch (B x H x W), and the
+    # image it labelled (the target image without photometric jitter), for add-ons such as MIC
+    pseudo_labels: Optional[torch.Tensor] = None
+    pseudo_weights: Optional[torch.Tensor] = None
+    teacher_image: Optional[torch.Tensor] = None
+    # the step's batches as the trainer handed them over, for add-ons that read images (feature distance)
+    source_batch: Optional[dict] = None
+    target_batch: Optional[dict] = None
 
 
 @dataclass
@@ -200,6 +208,7 @@ class UDAMethod(nn.Module):
     def training_step(self, source: dict, target: Optional[dict] = None) -> StepResult:
         """One forward/backward of every network; the trainer steps the optimizers afterwards."""
         state = self.forward_domains(source, target)
+        state.source_batch, state.target_batch = source, target
         g = self.generator_losses(state)
         stats: dict[str, float] = {}
         for addon in self.addons:

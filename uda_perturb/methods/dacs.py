@@ -1,5 +1,6 @@
 """DACS (Tranheden et al., WACV 2021): self-training with a mean teacher and ClassMix, the training step
-shared by DAFormer, HRDA and MIC."""
+shared by DAFormer, HRDA and MIC. Defaults are those of the reference code (vikolss/DACS ``trainUDA.py``,
+lhoyer/DAFormer ``mmseg/models/uda/dacs.py``); every departure is an option, off by default."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -29,23 +30,41 @@ class DACS(UDAMethod):
     (source classes pasted onto target images) against mixed labels (source labels + the EMA teacher's
     pseudo-labels on the target image, weighted by the share of confident teacher pixels, threshold 0.968).
 
+    As in DAFormer's ``forward_train``: the teacher is in train mode with dropout off (its BatchNorm uses the
+    target batch's statistics), its EMA covers parameters only, it labels the target image as the data
+    pipeline gives it (DAFormer's pipelines have no photometric jitter: when the recipe jitters target batches,
+    the teacher gets the same crop without the jitter), and the mixed CE carries no class weights.
+
     Args:
         alpha: EMA factor of the teacher (0.99, as DACS and DAFormer).
         pseudo_threshold: teacher confidence that counts a pixel as confident (0.968).
         color_jitter_strength, color_jitter_probability, blur: the strong augmentation of the mixed image.
-        mix_class_weights: weight the mixed loss with the recipe's class weights too (when it sets any), so
-            the source and mixed losses keep one class balance; without class weights this is DACS's loss.
+        mix_class_weights: option of ours, off in both references: weight the mixed CE with the recipe's
+            class weights too (normalised by their sum, as the source CE). With a weak teacher it puts most of
+            the target loss on tail-class pseudo-labels that are mostly wrong.
+        teacher_bn: ``"batch"`` (references) or ``"stored"`` (option: eval mode with the student's running
+            statistics); see :class:`MeanTeacher`.
+        teacher_jittered_input: option: the teacher labels the photometrically jittered target batch instead.
     """
 
     def __init__(self, segmentor: Segmentor, addons: Sequence[nn.Module] = (), seg_aux_weight: float = 0.1,
                  alpha: float = 0.99, pseudo_threshold: float = 0.968, mix_weight: float = 1.0,
                  color_jitter_strength: float = 0.2, color_jitter_probability: float = 0.2, blur: bool = True,
-                 mix_class_weights: bool = True) -> None:
+                 mix_class_weights: bool = False, teacher_bn: str = "batch",
+                 teacher_jittered_input: bool = False) -> None:
         super().__init__(segmentor, addons, seg_aux_weight)
-        self.teacher = MeanTeacher(segmentor, alpha)
+        self.teacher = MeanTeacher(segmentor, alpha, bn=teacher_bn)
         self.pseudo_threshold, self.mix_weight = pseudo_threshold, mix_weight
         self.jitter = (color_jitter_strength, color_jitter_probability)
         self.blur, self.mix_class_weights = blur, mix_class_weights
+        self.teacher_jittered_input = teacher_jittered_input
+
+    def teacher_input(self, target: dict) -> torch.Tensor:
+        """The image the teacher labels: the target batch without photometric jitter (unless
+        ``teacher_jittered_input``)."""
+        if self.teacher_jittered_input:
+            return target["image"]
+        return target.get("image_unjittered", target["image"])
 
     def forward_domains(self, source: dict, target: Optional[dict]) -> StepState:
         """Student on source; teacher pseudo-labels on target; student on the augmented ClassMix images."""
@@ -56,7 +75,9 @@ class DACS(UDAMethod):
             raise ValueError(f"dacs mixes source and target images of one size: got {tuple(xs.shape)} and "
                              f"{tuple(xt.shape)}; give both domains the same transforms.size")
         state = StepState(self.segmentor.forward_all(xs), ys, tuple(xs.shape[-2:]))
-        labels, weight = pseudo_labels(self.teacher(xt), self.pseudo_threshold)
+        state.teacher_image = self.teacher_input(target)
+        labels, weight = pseudo_labels(self.teacher(state.teacher_image), self.pseudo_threshold)
+        state.pseudo_labels, state.pseudo_weights = labels, weight
         masks = torch.stack([class_mix_mask(y) for y in ys])
         images, mixed_labels, mixed_weights = class_mix(xs, ys, xt, labels, weight, masks)
         images = strong_augment(images, self.input_normalization, *self.jitter, blur=self.blur)

@@ -85,6 +85,7 @@ def build_segmentor(head: str = "aspp_v2", backbone: str = "resnet101", num_clas
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
     g = BACKBONES.build(backbone, **(backbone_kwargs or {}))
+    g.build_spec = (backbone, dict(backbone_kwargs or {}))  # how to rebuild it (pretrained copies, imnet_fd)
     f = HEADS.build(head, in_channels=g.out_channels, num_classes=num_classes, **(head_kwargs or {}))
     aux = None
     if multi_level:
