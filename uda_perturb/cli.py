@@ -46,12 +46,36 @@ def _load_segmentor(cfg, checkpoint: str):
 
     seg = build_model(cfg)
     state = load_segmentor_state(checkpoint)
-    try:
-        seg.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {checkpoint} does not fit the recipe's model "
-                              f"({cfg.model.backbone}/{cfg.model.head}): {str(exc).splitlines()[0]}") from exc
+    mismatch = state_mismatch(seg.state_dict(), state)
+    if mismatch:
+        config = Path(checkpoint).resolve().parent / "config.yaml"
+        fix = (f"evaluate it with its run's own recipe: {config}" if config.is_file() else
+               "use the recipe it was trained with (its run folder's config.yaml)")
+        raise CheckpointError(f"checkpoint {checkpoint} does not fit the recipe's model ({cfg.model.backbone}/"
+                              f"{cfg.model.head}, {cfg.model.num_classes} classes): {mismatch}; {fix}")
+    seg.load_state_dict(state)
     return seg.eval()
+
+
+def state_mismatch(model: dict, state: dict) -> str:
+    """What keeps ``state`` from loading into a model whose state dict is ``model`` ("" when it fits): the
+    number of classes, the first tensors whose shapes differ, missing and unexpected counts."""
+    parts = []
+    shapes = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in model.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    heads = [(a, b) for k, a, b in shapes if k.startswith("head.") and k.endswith(".weight") and len(a) >= 1]
+    if heads and heads[-1][0][0] != heads[-1][1][0]:
+        parts.append(f"it predicts {heads[-1][0][0]} classes, the recipe {heads[-1][1][0]}")
+    if shapes:
+        shown = "; ".join(f"{k} {a} vs {b}" for k, a, b in shapes[:3])
+        parts.append(f"{len(shapes)} tensors differ in shape (checkpoint vs recipe: {shown}"
+                     + (", ..." if len(shapes) > 3 else "") + ")")
+    missing, unexpected = set(model) - set(state), set(state) - set(model)
+    if missing:
+        parts.append(f"{len(missing)} tensors missing (first: {sorted(missing)[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first: {sorted(unexpected)[0]})")
+    return ", ".join(parts)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -60,7 +84,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .engine.trainer import evaluate_splits
 
     cfg = load_config(args.config, args.overrides)
-    for res in evaluate_splits(_load_segmentor(cfg, args.checkpoint), cfg).values():
+    for res in evaluate_splits(_load_segmentor(cfg, args.checkpoint), cfg, progress=True).values():
         print(res["table"], "\n")
     return 0
 
@@ -81,7 +105,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     norm = Normalize(cfg.data.source.transforms.normalize)
-    for path in args.images:
+    for path in image_paths(args.images):
         image = read_rgb(path)
         x, _ = norm(image, None)
         pred = predict_logits(seg, x[None], image.shape[-2:], cfg.eval.size).argmax(1)[0]
@@ -92,6 +116,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
         Image.fromarray(overlay(rgb, colour)).save(out / f"{stem}_overlay.png")
         print(f"{path} -> {out / (stem + '_pred.png')}")
     return 0
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def image_paths(items: Sequence[str]) -> list[Path]:
+    """Images named on the command line; a folder stands for its images (sorted, not recursive). Anything
+    that is not an image file is refused, naming it."""
+    from .errors import DataError
+
+    out: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise DataError(f"folder {item} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+            out += found
+        elif not item.is_file():
+            raise FileNotFoundError(f"image not found: {item}")
+        elif item.suffix.lower() not in IMAGE_SUFFIXES:
+            raise DataError(f"{item} is not an image file ({', '.join(IMAGE_SUFFIXES)})")
+        else:
+            out.append(item)
+    return out
 
 
 def _palette_for(cfg):
@@ -123,8 +171,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         else:
             import difflib
 
+            from .errors import UnknownNameError
+
             close = difflib.get_close_matches(kind, [*regs, "recipes"], n=1)
-            raise SystemExit(f"unknown kind {kind!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+            raise UnknownNameError(f"unknown kind {kind!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                                   + f" (kinds: {', '.join([*regs, 'recipes'])})")
         print(f"{kind}: {', '.join(names)}")
     return 0
 
@@ -150,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="uda-perturb", description="UDA for semantic segmentation by pointwise "
                                  "adversarial feature perturbation (APODA) and its baselines.")
     ap.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice, all cores). On 2 busy cores "
+                    "1 thread can be several times faster; results differ in the last bits with the thread count")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a method from a YAML recipe")
     _add_config_args(p)
@@ -160,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "folder has no checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --run-dir (only the files a run "
                    "writes; a folder holding anything else is refused)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress output at all (by default a terminal "
+                   "gets a progress bar, a log file a plain line every train.log_every iterations)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval", help="evaluate a checkpoint on the recipe's eval splits (per-class IoU)")
     _add_config_args(p)
@@ -168,9 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("predict", help="colour-coded predictions and overlays for images")
     _add_config_args(p)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", default="predictions")
-    p.add_argument("images", nargs="+")
+    p.add_argument("--checkpoint", required=True, help="checkpoint.pt or segmentor.pt of a run")
+    p.add_argument("--out", default="predictions", help="folder for <image>_pred.png and <image>_overlay.png")
+    p.add_argument("images", nargs="+", help="image files, or folders standing for the images in them")
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("list", help="list registries and packaged recipes")
     p.add_argument("kind", nargs="?", help="backbones, heads, discriminators, attacks, defenses, methods, "
@@ -185,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="20 iterations: a smoke test")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("bench", help="method comparison benchmark (see benchmarks/compare.py)")
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
@@ -196,20 +250,31 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``uda-perturb`` and ``python -m uda_perturb``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # argparse's REMAINDER drops leading options: hand them over untouched
-        from .bench import main as bench_main
-
-        return int(bench_main(argv[1:]) or 0)
-    args = build_parser().parse_args(argv)
     from .errors import UserError
 
+    debug = "--debug" in argv[:1]
     try:
+        if argv[:1] == ["bench"]:  # argparse's REMAINDER drops leading options: hand them over untouched
+            from .bench import main as bench_main
+
+            return int(bench_main(argv[1:], prog="uda-perturb bench") or 0)
+        args = build_parser().parse_args(argv)
+        debug = args.debug
+        _set_threads(getattr(args, "threads", None))
         return int(args.func(args) or 0)
     except (UserError, FileNotFoundError, FileExistsError) as exc:
-        if args.debug:
+        if debug:
             raise
         print(f"uda-perturb: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _set_threads(threads: Optional[int]) -> None:
+    """``--threads N``: torch's intra-op threads (default: torch's own choice)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ __all__ = ["METHODS", "SETUPS", "Protocol", "Run", "aggregate", "launch", "main"
            "photometric", "run_all", "select_variant", "summary_table", "write_results"]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, prog: str = "compare") -> int:
     """``uda-perturb bench ...``: the comparison (:func:`uda_perturb.bench.compare.main`)."""
     from .compare import main as compare_main
 
-    return compare_main(argv)
+    return compare_main(argv, prog=prog)

@@ -31,9 +31,9 @@ from .runner import run_all, train_seconds
 from .setups import ARMS, DEFAULT_METHODS, METHODS, PAIRS, SETUPS, Protocol
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "compare") -> argparse.ArgumentParser:
     """Command-line options of the comparison."""
-    ap = argparse.ArgumentParser(prog="compare", description=__doc__)
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__)
     ap.add_argument("--dataset", choices=sorted(SETUPS), default="camvid")
     ap.add_argument("--methods", nargs="+", choices=list(METHODS),
                     help="source_only+targetBN is a control: source-only whose BatchNorm statistics also see "
@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--adapt-lr", type=float, help="adaptation lr (default: the setup's)")
     ap.add_argument("--shared-warm-start", action="store_true", help="one warm start for all seeds (the first "
                     "protocol; its spread then misses the warm start's variance)")
-    ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
+    ap.add_argument("--jobs", type=int, default=2, help="runs in parallel")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of each run (recorded in the results)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra recipe override")
     ap.add_argument("--quick", action="store_true", help="a few iterations, one seed: a smoke test")
     ap.add_argument("--work-dir", default="runs/bench")
@@ -56,9 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = None, prog: str = "compare") -> int:
     """Warm starts, then every (method, augmentation arm, seed) run, then the report."""
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     setup: dict[str, Any] = SETUPS[args.dataset]
     seeds = args.seeds[:1] if args.quick else args.seeds
     name = args.name or f"compare_{args.dataset}" + ("_quick" if args.quick else "")
@@ -76,8 +77,8 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     runs = [protocol.adaptation(m, on, s) for on in arms for m in args.methods for s in seeds]
     start = time.time()
     logs = protocol.work / "logs"
-    run_all(protocol.recipe, warm, args.jobs, logs)
-    run_all(protocol.recipe, runs, args.jobs, logs)
+    run_all(protocol.recipe, warm, args.jobs, logs, args.threads)
+    run_all(protocol.recipe, runs, args.jobs, logs, args.threads)
     wall = time.time() - start
     everything = warm + runs
     suffix = [" +aug" if on else "" for on in arms]
@@ -94,6 +95,7 @@ def report(args: argparse.Namespace, protocol: Protocol, out: Path, agg: dict, n
     t, s, g = setup["target"], setup["source"], setup["groups"]
     env = {"wall_seconds_this_invocation": round(wall),
            "wall_seconds_longest_invocation": round(longest_wall(out / f"{name}.json", wall)), "jobs": args.jobs,
+           "threads_per_run": args.threads,
            "train_seconds_all_runs": round(compute),
            "estimated_wall_seconds_from_scratch": round(compute / max(args.jobs, 1)), "seeds": list(seeds),
            "warm_start_iters": protocol.pre_iters, "adapt_iters": protocol.iters, "recipe": protocol.recipe,

@@ -110,11 +110,12 @@ def launch(recipe: str, run: Run, log_dir: Path, threads: int = 1) -> float:
     return time.time() - start
 
 
-def run_all(recipe: str, runs: Sequence[Run], jobs: int, log_dir: Path) -> float:
-    """Run everything, ``jobs`` at a time, printing one line per run as it finishes; returns the wall time."""
+def run_all(recipe: str, runs: Sequence[Run], jobs: int, log_dir: Path, threads: int = 1) -> float:
+    """Run everything, ``jobs`` at a time with ``threads`` torch threads each, printing one line per run as it
+    finishes; returns the wall time."""
     start = time.time()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(launch, recipe, r, log_dir): r for r in runs}
+        futures = {pool.submit(launch, recipe, r, log_dir, threads): r for r in runs}
         for k, fut in enumerate(as_completed(futures), 1):
             seconds, r = fut.result(), futures[fut]
             what = f"trained in {seconds:.0f} s" if seconds else "already there with these settings"

@@ -86,12 +86,13 @@ def check_normalization(cfg: ExperimentConfig, segmentor: Segmentor) -> None:
 
 def evaluate_splits(segmentor: Segmentor, cfg: ExperimentConfig, info: Optional[DistInfo] = None,
                     device: torch.device | str = "cpu", autocast_dtype: Optional[torch.dtype] = None,
-                    title: str = "") -> dict[str, dict]:
+                    title: str = "", progress: bool = False) -> dict[str, dict]:
     """Per-class IoU, mIoU and class-group mIoUs of ``segmentor`` on every split of ``cfg.data.eval``;
-    each result also holds its markdown ``table``."""
+    each result also holds its markdown ``table``. ``progress`` prints one line per split as it finishes."""
     info = info or DistInfo()
     results = {}
     for name, dcfg in cfg.data.eval.items():
+        start = time.time()
         ds = build_dataset(dcfg, train=False, key=f"data.eval.{name}")
         ds_info = cast(Any, ds).info
         loader = eval_loader(ds, cfg.eval.batch_size, info, cfg.data.num_workers)
@@ -102,7 +103,20 @@ def evaluate_splits(segmentor: Segmentor, cfg: ExperimentConfig, info: Optional[
         results[name] = cm.as_dict(subsets)
         results[name]["mean_entropy"] = round(100.0 * meter.mean(), 2)  # label-free; percent of log K
         results[name]["table"] = cm.to_markdown(f"{name} {title}".strip())
+        if progress:
+            print(f"eval {name}: {len(cast(Any, ds))} images, mIoU {results[name]['miou']:.1f}, "
+                  f"{time.time() - start:.1f} s", flush=True)
     return results
+
+
+def progress_line(iteration: int, stop: int, logs: dict[str, float], seconds: float, done: int) -> str:
+    """``iter 40/600  loss 1.23 (seg 1.1, mix 0.13)  lr 2.5e-04  s/it 0.45  eta 4m12s``: one line of a log."""
+    losses = {k.split("/")[-1]: v for k, v in logs.items() if k.startswith("g/")}
+    per_it = seconds / max(done, 1)
+    eta = int(per_it * (stop - iteration))
+    terms = ", ".join(f"{k} {v:.3g}" for k, v in losses.items())
+    return (f"iter {iteration}/{stop}  loss {sum(losses.values()):.4g} ({terms})  lr {logs.get('lr', 0.0):.2e}  "
+            f"s/it {per_it:.2f}  eta {eta // 60}m{eta % 60:02d}s")
 
 
 class Trainer:
@@ -139,7 +153,13 @@ class Trainer:
         self._stop_signal: Optional[int] = None
         self._segment_start: Optional[float] = None
         if resume and (self.run_dir / CHECKPOINT).is_file():
-            self._restore(load_checkpoint(self.run_dir / CHECKPOINT, to_dict(cfg)))
+            ckpt = load_checkpoint(self.run_dir / CHECKPOINT, to_dict(cfg))
+            self._restore(ckpt)
+            saved_iters = int(ckpt["config"]["train"]["iters"])
+            if self.info.is_main and saved_iters != cfg.train.iters:
+                print(f"train.iters changed from {saved_iters} to {cfg.train.iters}: the run continues to "
+                      f"{cfg.train.iters} and its poly lr schedule is recomputed for that length from iteration "
+                      f"{self.iteration} on", file=sys.stderr)
             if self.info.is_main:
                 truncate_metrics(self.run_dir / "metrics.jsonl", self.iteration)
                 print(f"resuming from iteration {self.iteration} of {self.stop_iteration} "
@@ -243,7 +263,7 @@ class Trainer:
     def evaluate(self) -> dict[str, dict]:
         """Evaluate the segmentor on every configured split; returns ``{split: metrics dict}``."""
         return evaluate_splits(self.method.segmentor, self.cfg, self.info, self.device, self.autocast_dtype,
-                               f"@ iteration {self.iteration}")
+                               f"@ iteration {self.iteration}", progress=self.progress and self.info.is_main)
 
     def _log(self, record: dict[str, Any], writer: Any = None) -> None:
         if not self.info.is_main:
@@ -279,9 +299,12 @@ class Trainer:
                      cfg.data.num_workers)
         writer = _tensorboard(self.run_dir) if self.info.is_main else None
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        bar = tqdm(total=stop, initial=self.iteration, disable=not (self.progress and self.info.is_main),
-                   desc=f"{cfg.method.name}", dynamic_ncols=True)
+        show = self.progress and self.info.is_main
+        plain = show and not sys.stdout.isatty()  # a log file gets plain lines, not tqdm's carriage returns
+        bar = tqdm(total=stop, initial=self.iteration, disable=not show or plain, desc=f"{cfg.method.name}",
+                   dynamic_ncols=True)
         self._segment_start = time.time()
+        first = self.iteration
         try:
             while self.iteration < stop:
                 logs = self.train_step(src, tgt)
@@ -292,6 +315,9 @@ class Trainer:
                                      if k.startswith("g/") or k == "lr"}, refresh=False)
                     self._log({"iteration": self.iteration, "time": self.train_seconds + self._segment_seconds(),
                                **logs}, writer)
+                    if plain:
+                        print(progress_line(self.iteration, stop, logs, self._segment_seconds(),
+                                            self.iteration - first), flush=True)
                 if self._stop_signal is not None:
                     self.save_checkpoint()
                     raise TrainingInterrupted(f"stopped by signal {self._stop_signal} after iteration "
