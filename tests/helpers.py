@@ -71,3 +71,23 @@ def assert_resume_is_bit_exact(tmp_path, method: str, extra, stop: int = 2):
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs after resume"
     return full, resumed
+
+
+def ddp_resume_worker(rank: int, world: int, port: int, run_dir: str, out: str, extra: list, resume: bool) -> None:
+    """One rank of a 2-process gloo job that trains (or resumes) ``extra``'s run and saves its final state."""
+    import os
+
+    import torch
+
+    from uda_perturb.engine import Trainer
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(world),
+                       "RANK": str(rank), "LOCAL_RANK": str(rank)})
+    torch.set_num_threads(1)
+    trainer = Trainer(tiny_config("dacs", *extra, "device=cpu"), run_dir, resume=resume, progress=False)
+    if rank == 1 and not resume:  # ranks' RNGs diverge as soon as their images differ in class count; do it now
+        torch.rand(1)
+    trainer.fit()
+    if out:
+        torch.save(trainer.method.state_dict(), os.path.join(out, f"rank{rank}.pt"))
+    trainer.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any, cast
@@ -39,6 +40,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+_SAVES = [0]
+
+
+def _fault_point(fh: Any) -> None:
+    """Fault injection for ``benchmarks/fault_injection.py``: with ``UDA_PERTURB_KILL_IN_SAVE=n`` the process
+    SIGKILLs itself during its n-th checkpoint save, after the temporary file is half written (never set
+    otherwise; a no-op then)."""
+    target = os.environ.get("UDA_PERTURB_KILL_IN_SAVE")
+    if not target:
+        return
+    _SAVES[0] += 1
+    if _SAVES[0] == int(target):
+        fh.truncate(max(fh.tell() // 2, 1))
+        fh.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
     """Write to a temporary file in the same folder, fsync, then rename: never a half-written checkpoint."""
     path = Path(path)
@@ -50,6 +68,7 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
         with os.fdopen(fd, "wb") as fh:
             torch.save(obj, fh)
             fh.flush()
+            _fault_point(fh)
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:

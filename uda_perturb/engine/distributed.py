@@ -98,3 +98,21 @@ def cleanup(info: DistInfo) -> None:
     """Destroy the process group if this job created one."""
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def gather_objects(obj: object, info: DistInfo) -> list:
+    """Every rank's ``obj`` in rank order, on every rank (``[obj]`` for one process)."""
+    if not info.enabled:
+        return [obj]
+    out: list = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def any_rank(flag: bool, info: DistInfo, device: torch.device | str = "cpu") -> bool:
+    """Whether ``flag`` is true on any rank, so that all ranks act on it at the same iteration."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

@@ -23,7 +23,15 @@ from ..metrics import EntropyMeter, subset_indices
 from ..models.segmentor import Segmentor, build_segmentor
 from ..models.weights import load_segmentor_weights
 from .checkpoint import FORMAT, load_checkpoint, rng_state, save_atomic, set_rng_state
-from .distributed import DistInfo, average_gradients, broadcast_parameters, cleanup, init_distributed
+from .distributed import (
+    DistInfo,
+    any_rank,
+    average_gradients,
+    broadcast_parameters,
+    cleanup,
+    gather_objects,
+    init_distributed,
+)
 from .evaluate import evaluate
 from .loaders import build_dataset, eval_loader, stream
 from .optim import build_optimizers, set_poly_lr
@@ -194,26 +202,37 @@ class Trainer:
                 clear_run(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
-    def state_dict(self) -> dict[str, Any]:
-        """Everything a resume needs: weights, optimisers, scaler, RNG states, iteration, config."""
+    def state_dict(self, rng_per_rank: Optional[list] = None) -> dict[str, Any]:
+        """Everything a resume needs: weights, optimisers, scaler, RNG states (every rank's under torchrun: each
+        rank draws its own augmentations and masks), iteration, config."""
         return {"format": FORMAT, "config": to_dict(self.cfg), "iteration": self.iteration,
                 "train_seconds": self.train_seconds + self._segment_seconds(),
                 "method": self.method.state_dict(),
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-                "scaler": self.scaler.state_dict(), "rng": rng_state()}
+                "scaler": self.scaler.state_dict(), "rng": rng_state(),
+                "rng_per_rank": rng_per_rank or [rng_state()]}
 
     def save_checkpoint(self) -> Optional[Path]:
-        """Write ``checkpoint.pt`` atomically (rank 0 only) and return its path."""
+        """Write ``checkpoint.pt`` atomically (rank 0 writes; every rank must call it, as it gathers the ranks'
+        RNG states) and return its path."""
+        states = gather_objects(rng_state(), self.info)
         if not self.info.is_main:
             return None
-        return save_atomic(self.state_dict(), self.run_dir / CHECKPOINT)
+        return save_atomic(self.state_dict(states), self.run_dir / CHECKPOINT)
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         self.method.load_state_dict(ckpt["method"])
         for k, o in self.optimizers.items():
             o.load_state_dict(ckpt["optimizers"][k])
         self.scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
+        per_rank = ckpt.get("rng_per_rank") or [ckpt["rng"]]
+        if len(per_rank) == self.info.world_size:
+            set_rng_state(per_rank[self.info.rank])
+        else:  # another number of processes: the run goes on, but cannot replay the same draws
+            set_rng_state(ckpt["rng"])
+            if self.info.is_main:
+                print(f"checkpoint holds RNG states of {len(per_rank)} processes, this job has "
+                      f"{self.info.world_size}: training continues, but not bit-identically", file=sys.stderr)
         self.iteration = int(ckpt["iteration"])
         self.train_seconds = float(ckpt.get("train_seconds", 0.0))
 
@@ -318,7 +337,8 @@ class Trainer:
                     if plain:
                         print(progress_line(self.iteration, stop, logs, self._segment_seconds(),
                                             self.iteration - first), flush=True)
-                if self._stop_signal is not None:
+                if any_rank(self._stop_signal is not None, self.info, self.device):  # all ranks stop together
+                    self._stop_signal = self._stop_signal or signal.SIGTERM
                     self.save_checkpoint()
                     raise TrainingInterrupted(f"stopped by signal {self._stop_signal} after iteration "
                                               f"{self.iteration}; checkpoint saved in {self.run_dir}",
