@@ -155,3 +155,41 @@ def test_multiscale_evaluation_is_the_sum_of_upsampled_softmaxes_over_scales():
     half = F.interpolate(x, size=(4, 6), mode="bilinear", align_corners=False)
     up = F.interpolate(m(half), size=(8, 12), mode="bilinear", align_corners=True)
     torch.testing.assert_close(got, m(x).softmax(1) + up.softmax(1))
+
+
+def test_perturbation_addon_terms_equal_perturb_and_defend_called_directly():
+    import uda_perturb as up
+    from uda_perturb.losses import pixel_weighted_ce, upsample
+    from uda_perturb.methods import build_method
+
+    torch.manual_seed(0)
+    cfg = tiny_config("adaptsegnet", "method.options={ndf: 4}")
+    method = build_method("adaptsegnet", up.engine.build_model(cfg), [{"name": "perturbation", "eps": 0.2}],
+                          {"ndf": 4})
+    xs, ys = torch.randn(2, 3, 32, 48), torch.randint(0, 9, (2, 32, 48))
+    state = method.forward_domains({"image": xs, "label": ys}, {"image": torch.randn(2, 3, 32, 48)})
+    mixed_w = torch.rand(2, 32, 48)
+    state.mixed, state.mixed_labels, state.mixed_weights = state.source, ys, mixed_w  # a self-training side too
+    torch.manual_seed(1)
+    losses, _ = method.addons[0](method, state)
+    disc, space, f = method.discriminators["main"], method.discriminator_space, method.segmentor.classifier
+    torch.manual_seed(1)  # the same draws, in the add-on's order: source, target, mixed
+    src = up.perturb_and_defend(state.source.features, f, labels=ys, domain="source", discriminator=disc, eps=0.2,
+                                discriminator_input=space, clean_logits=state.source.logits)
+    tgt = up.perturb_and_defend(state.target.features, f, domain="target", discriminator=disc, eps=0.2,
+                                discriminator_input=space, clean_logits=state.target.logits,
+                                output_size=state.target_size)
+    mix = up.perturb_and_defend(state.mixed.features, f, labels=ys, domain="source", discriminator=disc, eps=0.2,
+                                discriminator_input=space, clean_logits=state.mixed.logits, pixel_weights=mixed_w)
+    torch.testing.assert_close(losses["def_source"], 1.0 * src.loss)
+    torch.testing.assert_close(losses["def_target"], 0.1 * tgt.loss)
+    torch.testing.assert_close(losses["def_mixed"], 1.0 * mix.loss)
+    # the CE defense weighs the mixed labels' pixels: its value is the pixel-weighted CE of the perturbed logits
+    torch.testing.assert_close(mix.loss, pixel_weighted_ce(upsample(mix.adv_logits, (32, 48)), ys, mixed_w))
+    assert not torch.allclose(mix.loss, pixel_weighted_ce(upsample(mix.adv_logits, (32, 48)), ys,
+                                                          torch.ones_like(mixed_w)))
+    # the attack used the discriminator: without it, the same seed moves the features elsewhere
+    torch.manual_seed(1)
+    alone = up.perturb_and_defend(state.source.features, f, labels=ys, domain="source", eps=0.2,
+                                  clean_logits=state.source.logits)
+    assert not torch.allclose(alone.perturbed, src.perturbed)
