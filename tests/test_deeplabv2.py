@@ -10,6 +10,7 @@ import uda_perturb as up
 from uda_perturb.config import ConfigError, load_config
 from uda_perturb.data.transforms import Resize
 from uda_perturb.engine import build_model
+from uda_perturb.errors import CheckpointError
 from uda_perturb.models.weights import load_segmentor_weights
 
 # ResNet-101 in DeepLab-v2 (written from the reference, not from our code): per layer the block count, the
@@ -132,3 +133,150 @@ def test_labels_resize_like_pil_nearest_at_gta5_scale():
     img_edge = float((img[0, 0] < 0.5).sum())  # columns left of the image's 50 % crossing
     lab_edge = float((lab[0] == 0).sum())
     assert abs(img_edge - lab_edge) <= 0.5 and abs(lab_edge - 958 * 1280 / 1914) <= 0.5
+
+
+# ---- the reference networks' own checkpoints, laid out as their code saves them ------------------------------
+# ADVENT advent/model/deeplabv2.py ResNetMulti / AdaptSegNet model/deeplab_multi.py: the ResNet body under
+# torchvision's names at the top level (conv1, bn1, layer1..layer4), layer5 = ClassifierModule(1024) on layer3
+# (multi-level only), layer6 = ClassifierModule(2048) on layer4, each with conv2d_list.0..3 (AdaptSegNet's
+# forward returns after the first two). AdaptSegNet's single-level Res_Deeplab: layer5 = ClassifierModule(2048).
+
+
+def _reference_state(seg, heads):
+    """``seg``'s weights under the reference names; ``heads`` maps a reference prefix to (our head, branches
+    saved)."""
+    state = {k.removeprefix("backbone.body."): v for k, v in seg.state_dict().items() if k.startswith("backbone.")}
+    for prefix, (ours, saved) in heads.items():
+        module = getattr(seg, ours)
+        for i in range(saved):
+            conv = module.convs[i] if i < len(module.convs) else torch.nn.Conv2d(module.convs[0].in_channels,
+                                                                                module.convs[0].out_channels, 3)
+            state[f"{prefix}.conv2d_list.{i}.weight"] = conv.weight.detach().clone()
+            state[f"{prefix}.conv2d_list.{i}.bias"] = conv.bias.detach().clone()
+    return state
+
+
+def _randomise(seg):
+    with torch.no_grad():
+        for p in seg.parameters():
+            p.normal_(0, 0.05)
+        for m in seg.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return seg.eval()
+
+
+def _outputs(seg, x):
+    with torch.no_grad():
+        out = seg.forward_all(x)
+    return out.logits, out.aux_logits
+
+
+@pytest.mark.parametrize("multi_level,branches,heads", [
+    (True, 4, {"layer5": ("aux_head", 4), "layer6": ("head", 4)}),    # ADVENT, multi-level
+    (False, 4, {"layer6": ("head", 4)}),                              # ADVENT, single-level
+    (True, 2, {"layer5": ("aux_head", 4), "layer6": ("head", 4)}),    # AdaptSegNet, multi-level (2 summed)
+    (False, 2, {"layer5": ("head", 4)}),                              # AdaptSegNet single-level Res_Deeplab
+])
+def test_trained_reference_resnet_models_load_with_both_heads_and_give_their_outputs(tmp_path, multi_level,
+                                                                                   branches, heads):
+    kw = dict(num_classes=5, multi_level=multi_level, head_kwargs={"branches": branches})
+    original = _randomise(up.build_segmentor("deeplabv2", backbone="resnet50", **kw))
+    torch.save(_reference_state(original, heads), tmp_path / "model.pth")
+    loaded = up.build_segmentor("deeplabv2", backbone="resnet50", **kw)
+    report = load_segmentor_weights(loaded, str(tmp_path / "model.pth"))
+    assert report["format"] == "deeplabv2" and report["missing"] == [] and report["heads_loaded"]
+    unused = {f"{p}.conv2d_list.{i}.{t}" for p in heads for i in range(branches, 4) for t in ("weight", "bias")}
+    assert set(report["unexpected"]) == unused  # AdaptSegNet saves the two branches its forward never sums
+    x = torch.randn(1, 3, 40, 56)
+    for a, b in zip(_outputs(original, x), _outputs(loaded.eval(), x)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
+    assert loaded.backbone.input_normalization == "caffe"
+
+
+def test_adaptsegnet_two_branch_head_sums_the_dilation_6_and_12_convs():
+    seg = _randomise(up.build_segmentor("deeplabv2", backbone="resnet50", num_classes=3,
+                                        head_kwargs={"branches": 2}))
+    f = torch.randn(1, 2048, 6, 7)
+    c0, c1 = seg.head.convs
+    assert (c0.dilation, c1.dilation) == ((6, 6), (12, 12))
+    expected = (torch.nn.functional.conv2d(f, c0.weight, c0.bias, padding=6, dilation=6)
+                + torch.nn.functional.conv2d(f, c1.weight, c1.bias, padding=12, dilation=12))
+    torch.testing.assert_close(seg.classify(f), expected)
+
+
+def test_adaptsegnet_deeplab_vgg_model_loads_every_tensor_and_gives_its_output(tmp_path):
+    # AdaptSegNet model/deeplab_vgg.py: vgg16.features without pool4 (index 23) and pool5, renumbered, then fc6
+    # (index 29) and fc7 (31) appended; classifier = Classifier_Module(1024) with conv2d_list.0..3
+    original = _randomise(up.build_segmentor("deeplabv2", backbone="vgg16", num_classes=5,
+                                             head_kwargs={"branches": 2}))
+    body = original.backbone.body
+    layers = list(body["features"]) + list(body["conv5"]) + list(body["fc"])  # their features, in order
+    state = {}
+    for i, layer in enumerate(layers):
+        if isinstance(layer, torch.nn.Conv2d):
+            state[f"features.{i}.weight"], state[f"features.{i}.bias"] = layer.weight.detach(), layer.bias.detach()
+    assert [i for i in range(32) if f"features.{i}.weight" in state][-2:] == [29, 31]
+    for i in range(4):
+        conv = original.head.convs[i] if i < 2 else torch.nn.Conv2d(1024, 5, 3)
+        state[f"classifier.conv2d_list.{i}.weight"], state[f"classifier.conv2d_list.{i}.bias"] = conv.weight, conv.bias
+    assert len(state) == 38
+    torch.save({k: v.detach().clone() for k, v in state.items()}, tmp_path / "vgg.pth")
+    loaded = up.build_segmentor("deeplabv2", backbone="vgg16", num_classes=5, head_kwargs={"branches": 2})
+    report = load_segmentor_weights(loaded, str(tmp_path / "vgg.pth"))
+    assert report["format"] == "deeplabv2_vgg" and report["missing"] == [] and report["loaded"] == 34
+    assert len(report["unexpected"]) == 4 and loaded.backbone.input_normalization == "caffe"
+    x = torch.randn(1, 3, 48, 64)
+    torch.testing.assert_close(_outputs(original, x)[0], _outputs(loaded.eval(), x)[0])
+
+
+def test_quick_api_deeplabv2_is_the_caffe_network_and_refuses_deeplab_weights_in_torchvision_layout(tmp_path):
+    seg = up.build_segmentor("deeplabv2", backbone="resnet50", num_classes=19, multi_level=True)
+    assert seg.backbone.layout == "deeplabv2" and seg.backbone.body.layer2[0].conv1.stride == (2, 2)
+    assert not any(p.requires_grad for m in seg.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)
+                   for p in m.parameters())
+    tv = up.build_segmentor("deeplabv2", backbone="resnet50", num_classes=19, multi_level=True,
+                            backbone_kwargs={"layout": "torchvision"})
+    assert tv.backbone.layout == "torchvision"
+    torch.save(deeplab_init_state(seg, 19), tmp_path / "init.pth")
+    with pytest.raises(CheckpointError, match="layout: deeplabv2"):
+        load_segmentor_weights(tv, str(tmp_path / "init.pth"))
+
+
+def test_cli_evaluates_a_reference_trained_model_with_the_recipe_network(tmp_path, capsys):
+    from uda_perturb.cli import _load_segmentor
+
+    cfg = load_config("gta5_cityscapes", ["model.backbone=resnet50", "model.num_classes=5"])
+    original = _randomise(build_model(cfg))
+    torch.save(_reference_state(original, {"layer5": ("aux_head", 4), "layer6": ("head", 4)}), tmp_path / "m.pth")
+    loaded = _load_segmentor(cfg, str(tmp_path / "m.pth"))
+    assert "deeplabv2 model" in capsys.readouterr().err
+    x = torch.randn(1, 3, 40, 56)
+    for a, b in zip(_outputs(original, x), _outputs(loaded, x)):
+        torch.testing.assert_close(a, b)
+
+
+def _bottleneck_reference(block, x, stride, dilation):
+    """A Caffe DeepLab-v2 bottleneck, from its definition: 1x1 (stride) -> 3x3 (dilation) -> 1x1, BN (running
+    statistics) after each, shortcut 1x1 (stride) + BN, ReLU after the sum."""
+    def bn(m, y):
+        return torch.nn.functional.batch_norm(y, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
+
+    conv = torch.nn.functional.conv2d
+    y = torch.relu(bn(block.bn1, conv(x, block.conv1.weight, stride=stride)))
+    y = torch.relu(bn(block.bn2, conv(y, block.conv2.weight, padding=dilation, dilation=dilation)))
+    y = bn(block.bn3, conv(y, block.conv3.weight))
+    shortcut = bn(block.downsample[1], conv(x, block.downsample[0].weight, stride=stride))
+    return torch.relu(y + shortcut)
+
+
+@pytest.mark.parametrize("layer,stride,dilation", [("layer2", 2, 1), ("layer3", 1, 2), ("layer4", 1, 4)])
+def test_deeplabv2_first_blocks_compute_what_the_caffe_definition_computes(layer, stride, dilation):
+    seg = _randomise(up.build_segmentor("deeplabv2", backbone="resnet50", num_classes=3))
+    block = getattr(seg.backbone.body, layer)[0]
+    x = torch.randn(1, block.conv1.in_channels, 12, 14)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), _bottleneck_reference(block, x, stride, dilation))

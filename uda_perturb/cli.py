@@ -43,9 +43,12 @@ def _load_segmentor(cfg, checkpoint: str):
     from .engine import build_model
     from .engine.checkpoint import load_segmentor_state
     from .errors import CheckpointError
+    from .models.weights import checkpoint_format
 
     seg = build_model(cfg)
     state = load_segmentor_state(checkpoint)
+    if checkpoint_format(state) in ("deeplabv2", "deeplabv2_vgg"):  # a model trained by AdaptSegNet / ADVENT
+        return _load_reference_model(seg, cfg, checkpoint)
     mismatch = state_mismatch(seg.state_dict(), state)
     if mismatch:
         config = Path(checkpoint).resolve().parent / "config.yaml"
@@ -54,6 +57,28 @@ def _load_segmentor(cfg, checkpoint: str):
         raise CheckpointError(f"checkpoint {checkpoint} does not fit the recipe's model ({cfg.model.backbone}/"
                               f"{cfg.model.head}, {cfg.model.num_classes} classes): {mismatch}; {fix}")
     seg.load_state_dict(state)
+    return seg.eval()
+
+
+def _load_reference_model(seg, cfg, checkpoint: str):
+    """A model saved by AdaptSegNet's or ADVENT's trainer, mapped onto the recipe's network; refused unless
+    every backbone tensor and every head loads, and the recipe normalises as those models expect (caffe)."""
+    from .errors import CheckpointError
+    from .models.weights import load_segmentor_weights
+
+    report = load_segmentor_weights(seg, checkpoint)
+    if report["missing"] or not report["heads_loaded"]:
+        raise CheckpointError(f"checkpoint {checkpoint} ({report['format']} format) does not fill the recipe's "
+                              f"model: {len(report['missing'])} backbone tensors missing, heads "
+                              f"{'loaded' if report['heads_loaded'] else 'not all loaded'} (skipped: "
+                              f"{report['skipped_head'][:2]}); check model.multi_level, model.num_classes and "
+                              "model.backbone")
+    from .engine.trainer import check_normalization
+
+    check_normalization(cfg, seg)
+    extra = f"; not used: {', '.join(report['unexpected'][:4])}" if report["unexpected"] else ""
+    print(f"{checkpoint}: {report['format']} model, {report['loaded']} tensors loaded, caffe normalisation"
+          f"{extra}", file=sys.stderr)
     return seg.eval()
 
 

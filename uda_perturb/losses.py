@@ -1,4 +1,4 @@
-"""Pixel losses shared by attacks, defenses and methods (formulas of REFERENCE.md)."""
+"""Pixel losses shared by attacks, defenses and methods (the formulas of AdaptSegNet's and ADVENT's code)."""
 from __future__ import annotations
 
 import math

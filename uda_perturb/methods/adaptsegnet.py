@@ -14,8 +14,8 @@ from .base import StepState, UDAMethod
 @METHODS.register("adaptsegnet")
 class AdaptSegNet(UDAMethod):
     """L = CE_main + 0.1 CE_aux (source) + 0.001 BCE(D_main(P_t), source) + 0.0002 BCE(D_aux(P_t), source);
-    each D: 0.5 BCE(D(P_s), 0) + 0.5 BCE(D(P_t), 1) on detached softmax maps (REFERENCE.md 3.1).
-    Single-level when the segmentor has no aux head."""
+    each D: 0.5 BCE(D(P_s), 0) + 0.5 BCE(D(P_t), 1) on detached softmax maps (AdaptSegNet's
+    train_gta2cityscapes_multi.py). Single-level when the segmentor has no aux head."""
 
     discriminator_space = "softmax"
 

@@ -153,8 +153,11 @@ class VGG16Backbone(Backbone):
 
 
 @BACKBONES.register("vgg16")
-def vgg16(bn: str = "train", weights: Optional[str] = None) -> Backbone:
-    """VGG-16 in the DeepLab-v2 layout (output stride 8). ``bn`` is accepted for a uniform signature."""
+def vgg16(bn: str = "train", weights: Optional[str] = None, layout: str = "deeplabv2") -> Backbone:
+    """VGG-16 in the DeepLab-v2 layout (output stride 8), its only layout. ``bn`` and ``layout`` are accepted for
+    a signature uniform with the ResNets (so recipes can switch backbone without dropping options)."""
+    if layout != "deeplabv2":
+        raise ValueError(f"vgg16 exists in the deeplabv2 layout only, got layout {layout!r}")
     model = VGG16Backbone()
     if weights:  # torchvision checkpoints name keys features.N; map them onto the split body
         model_keys = _VGGKeyMap(model)

@@ -77,11 +77,16 @@ def build_segmentor(head: str = "aspp_v2", backbone: str = "resnet101", num_clas
                     backbone_kwargs: Optional[dict] = None, head_kwargs: Optional[dict] = None) -> Segmentor:
     """Assemble a ``Segmentor`` from registry names.
 
-    ``build_segmentor("aspp_v2", backbone="resnet101", num_classes=19, multi_level=True)`` is the
-    DeepLab-v2 model of AdaptSegNet/ADVENT (the alias ``"deeplabv2"`` means ``"aspp_v2"``).
+    ``build_segmentor("deeplabv2", backbone="resnet101", num_classes=19, multi_level=True)`` is the DeepLab-v2
+    network of ADVENT (four ASPP branches summed; ``head_kwargs={"branches": 2}`` for AdaptSegNet's): the
+    ``deeplabv2`` head name builds the ``aspp_v2`` head and, for ResNet-50/101/152, the Caffe DeepLab-v2 layout
+    with BatchNorm affine frozen, unless ``backbone_kwargs`` sets ``layout`` / ``bn`` (``layout:
+    "torchvision"`` for torchvision's dilated ResNet). ``aspp_v2`` builds the head alone on any backbone.
     """
     if head == "deeplabv2":
         head = "aspp_v2"
+        if backbone in ("resnet50", "resnet101", "resnet152"):
+            backbone_kwargs = {"layout": "deeplabv2", "bn": "affine_frozen", **(backbone_kwargs or {})}
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
     g = BACKBONES.build(backbone, **(backbone_kwargs or {}))

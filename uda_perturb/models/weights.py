@@ -52,67 +52,134 @@ def load_weights(model: nn.Module, weights: str, *, strict: bool = False) -> tup
 
 
 # Which input normalisation each checkpoint format's weights expect.
-FORMAT_NORMALIZATION = {"deeplab_init": "caffe", "torchvision": "imagenet", "segmentor": None}
+FORMAT_NORMALIZATION = {"deeplab_init": "caffe", "deeplabv2": "caffe", "deeplabv2_vgg": "caffe",
+                        "torchvision": "imagenet", "segmentor": None}
+# ASPP classifiers of DeepLab-v2 checkpoints, routed by their input channels: layer4 (ResNet) -> main head,
+# layer3 -> aux head; VGG's fc7 -> main head
+_HEAD_BY_CHANNELS = {2048: "head", 1024: "aux_head"}
 
 
 def checkpoint_format(state: dict[str, torch.Tensor]) -> str:
-    """``deeplab_init`` (Caffe DeepLab-v2 init of AdaptSegNet/ADVENT: ``Scale.conv1.weight``, ...,
-    ``Scale.layer5.*``), ``torchvision`` (an ImageNet classifier: ``conv1.weight``/``features.0.weight`` at the
-    top level) or ``segmentor`` (this toolkit's ``backbone.*``/``head.*``)."""
+    """The layout of a checkpoint, from its keys:
+
+    - ``deeplab_init``: the Caffe DeepLab-v2 init of AdaptSegNet/ADVENT (``Scale.conv1.weight``, ...,
+      ``Scale.layer5.*``, its classifier on layer4);
+    - ``deeplabv2``: a ResNet trained by AdaptSegNet's or ADVENT's code (un-prefixed ``conv1.weight``...,
+      ``layer5``/``layer6`` ASPP classifiers: in multi-level models ``layer5`` reads layer3 and ``layer6``
+      layer4; AdaptSegNet's single-level ``Res_Deeplab`` has ``layer5`` on layer4);
+    - ``deeplabv2_vgg``: AdaptSegNet's ``DeeplabVGG`` (``features.N`` renumbered without pool4/pool5, fc6 and
+      fc7 appended, ``classifier.conv2d_list``);
+    - ``torchvision``: an ImageNet classifier (``conv1.weight`` / ``features.0.weight`` at the top level);
+    - ``segmentor``: this toolkit's own (``backbone.*``, ``head.*``).
+    """
     if any(k.startswith("Scale.") for k in state):
         return "deeplab_init"
+    if any(k.startswith(("layer5.conv2d_list.", "layer6.conv2d_list.")) for k in state):
+        return "deeplabv2"
+    if "features.0.weight" in state and any(k.startswith("classifier.conv2d_list.") for k in state):
+        return "deeplabv2_vgg"
     if "conv1.weight" in state or "features.0.weight" in state:
         return "torchvision"
     return "segmentor"
 
 
-def _to_segmentor_keys(state: dict[str, torch.Tensor], fmt: str) -> dict[str, torch.Tensor]:
-    """Rename a checkpoint's keys to the segmentor's (backbone body, and the DeepLab head when it fits)."""
-    if fmt == "segmentor":
-        return state
+def _aspp_targets(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, str]:
+    """``{"layer5": "aux_head", ...}``: each ASPP classifier's segmentor head, from its input channels."""
     out = {}
-    vgg = "features.0.weight" in state or any(k.startswith("Scale.features.") for k in state)
-    for key, value in state.items():
-        k = key.removeprefix("Scale.")
-        if k.startswith("layer5.conv2d_list."):  # DeepLab-v2's ASPP classifier on layer4 = our main head
-            out["head.convs." + k.removeprefix("layer5.conv2d_list.")] = value
-        elif vgg and k.startswith("features."):
-            out.update(_vgg_key(k, value))
-        elif not k.startswith(("fc.", "classifier.", "layer5.")):
-            out["backbone.body." + k] = value
+    for prefix in prefixes:
+        w = state.get(f"{prefix}.conv2d_list.0.weight")
+        if w is not None and w.dim() == 4 and int(w.shape[1]) in _HEAD_BY_CHANNELS:
+            out[prefix] = _HEAD_BY_CHANNELS[int(w.shape[1])]
     return out
 
 
-def _vgg_key(key: str, value: torch.Tensor) -> dict[str, torch.Tensor]:
+def _renames(state: dict[str, torch.Tensor], fmt: str) -> dict[str, str]:
+    """``{checkpoint key: segmentor key}`` (backbone body, and the DeepLab heads when present); keys with no
+    place in a segmentor get ``unmapped.<key>``."""
+    if fmt == "segmentor":
+        return {k: k for k in state}
+    if fmt == "deeplabv2_vgg":
+        return {k: _deeplab_vgg_key(k) for k in state}
+    heads = _aspp_targets({k.removeprefix("Scale."): v for k, v in state.items()}, ("layer5", "layer6"))
+    vgg = "features.0.weight" in state
+    out = {}
+    for key in state:
+        k = key.removeprefix("Scale.")
+        prefix = k.split(".", 1)[0]
+        if prefix in heads and ".conv2d_list." in k:
+            out[key] = f"{heads[prefix]}.convs." + k.split(".conv2d_list.", 1)[1]
+        elif vgg and k.startswith("features."):
+            out[key] = _vgg_key(k)
+        elif not k.startswith(("fc.", "classifier.", "layer5.", "layer6.")):
+            out[key] = "backbone.body." + k
+        else:
+            out[key] = "unmapped." + key
+    return out
+
+
+def _vgg_key(key: str) -> str:
     """torchvision VGG-16 ``features.N`` -> the split DeepLab body (pool4 at index 23 removed)."""
     index, rest = key.removeprefix("features.").split(".", 1)
     i = int(index)
     if i < 23:
-        return {f"backbone.body.features.{i}.{rest}": value}
+        return f"backbone.body.features.{i}.{rest}"
     if 23 < i < 30:
-        return {f"backbone.body.conv5.{i - 24}.{rest}": value}
-    return {}
+        return f"backbone.body.conv5.{i - 24}.{rest}"
+    return "unmapped." + key
+
+
+def _deeplab_vgg_key(key: str) -> str:
+    """AdaptSegNet's ``DeeplabVGG``: ``features`` 0-22 = conv1_1..conv4_3, 23-28 = conv5 (pool4 dropped, so
+    one less than torchvision's), 29 = fc6, 31 = fc7; ``classifier.conv2d_list`` = the ASPP on fc7."""
+    if key.startswith("features."):
+        index, rest = key.removeprefix("features.").split(".", 1)
+        i = int(index)
+        name = f"features.{i}" if i < 23 else f"conv5.{i - 23}" if i < 29 else {29: "fc.0", 31: "fc.2"}.get(i)
+        return f"backbone.body.{name}.{rest}" if name else "unmapped." + key
+    if key.startswith("classifier.conv2d_list."):
+        return "head.convs." + key.removeprefix("classifier.conv2d_list.")
+    return "unmapped." + key
+
+
+def _check_layout(segmentor: nn.Module, fmt: str) -> None:
+    """Refuse DeepLab-v2 weights in a torchvision-layout ResNet: the shapes agree, the network does not."""
+    layout = getattr(getattr(segmentor, "backbone", None), "layout", None)
+    if fmt in ("deeplab_init", "deeplabv2") and layout not in (None, "deeplabv2"):
+        from ..errors import CheckpointError
+
+        raise CheckpointError(f"these are DeepLab-v2 ({fmt}) weights, but the backbone has the {layout} layout "
+                              "(stride on the 3x3 conv, other dilations): its outputs would be wrong although "
+                              "every shape fits; set model.backbone_options.layout: deeplabv2 (build_segmentor: "
+                              "backbone_kwargs={'layout': 'deeplabv2'})")
 
 
 def load_segmentor_weights(segmentor: nn.Module, weights: str) -> dict[str, Any]:
-    """Load init weights into a whole segmentor, recognising the format by its keys (see
-    :func:`checkpoint_format`): DeepLab init checkpoints (``Scale.`` stripped; ``layer5`` onto the main ASPP head
-    when its class count matches, skipped otherwise), torchvision ImageNet checkpoints (into the backbone) and
-    this toolkit's own. Sets ``segmentor.backbone.input_normalization`` to what the weights expect and returns
-    a report ``{format, loaded, missing, unexpected, skipped_head}``; raises when no key matches."""
+    """Load weights into a whole segmentor, recognising the format by its keys (see :func:`checkpoint_format`):
+    DeepLab init checkpoints and models trained by AdaptSegNet's or ADVENT's code (``Scale.`` stripped; each
+    ASPP classifier onto the head whose input it reads: layer4 -> main, layer3 -> aux; skipped when its class
+    count differs), AdaptSegNet's DeepLab VGG-16, torchvision ImageNet checkpoints (into the backbone) and this
+    toolkit's own. DeepLab-v2 weights are refused in a torchvision-layout ResNet. Sets
+    ``segmentor.backbone.input_normalization`` to what the weights expect and returns a report ``{format,
+    loaded, missing, unexpected, skipped_head, heads_loaded}``; raises when no key matches."""
     state = read_state_dict(weights)
     fmt = checkpoint_format(state)
-    renamed = _to_segmentor_keys(state, fmt)
+    _check_layout(segmentor, fmt)
+    names = _renames(state, fmt)
+    renamed = {new: state[old] for old, new in names.items()}
+    origin = {new: old for old, new in names.items()}
     own = segmentor.state_dict()
     usable = {k: v for k, v in renamed.items() if k in own and own[k].shape == v.shape}
     if not usable:
         raise ValueError(f"weights {weights!r} ({fmt} format): none of its {len(state)} keys match the model")
-    skipped_head = sorted(k for k in renamed if k.startswith("head.") and k not in usable)
+    skipped_head = sorted(k for k in renamed if k.startswith(("head.", "aux_head.")) and k in own and k not in usable)
     segmentor.load_state_dict(usable, strict=False)
     backbone_keys = [k for k in own if k.startswith("backbone.") and not k.endswith("num_batches_tracked")]
+    heads = [k for k in own if k.startswith(("head.", "aux_head."))]
     report = {"format": fmt, "loaded": len(usable),
               "missing": sorted(k for k in backbone_keys if k not in usable),
-              "unexpected": sorted(k for k in renamed if k not in own), "skipped_head": skipped_head}
+              "unexpected": sorted(origin.get(k, k) for k in renamed if k not in own),
+              "skipped_head": skipped_head,
+              "heads_loaded": fmt != "segmentor" and bool(heads) and all(k in usable for k in heads)}
     normalization = FORMAT_NORMALIZATION[fmt]
     backbone = getattr(segmentor, "backbone", None)
     if normalization is not None and backbone is not None:
