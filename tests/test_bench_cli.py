@@ -48,3 +48,20 @@ def test_bench_quick_runs_the_comparison_and_writes_markdown_json_and_plot(tmp_p
     assert ablation["selected"] in ablation["results"]
     assert ablation["results"]["dacs"] == data["results"]["dacs"]
     assert "**(selected)**" in (tmp_path / "results" / "ablate_dacs_synthetic_quick.md").read_text()
+
+
+def test_learning_curve_evaluates_every_k_iterations_and_picks_without_target_labels(tmp_path):
+    from uda_perturb.bench.curve import main as curve_main
+
+    assert curve_main(["--dataset", "synthetic", "--pretrain-iters", "4", "--iters", "4", "--every", "2",
+                       "--lrs", "0.001", "0.002", "--work-dir", str(tmp_path / "runs"),
+                       "--results-dir", str(tmp_path / "res")]) == 0
+    data = json.loads((tmp_path / "res" / "curve_synthetic.json").read_text())
+    assert set(data["curves"]) == {f"{m} lr {lr}" for m in ("source_only", "dacs") for lr in ("0.001", "0.002")}
+    assert all([p["iteration"] for p in c] == [2, 4] for c in data["curves"].values())
+    pick = data["selected"]
+    dacs = {(lr, p["iteration"]): p for lr in ("0.001", "0.002") for p in data["curves"][f"dacs lr {lr}"]}
+    best = max(p["source_test"]["miou"] for p in dacs.values())
+    chosen = dacs[(pick["lr"], pick["iters"])]
+    assert chosen["source_test"]["miou"] >= best - 0.5  # chosen on the source split (and entropy), never target
+    assert "**It picks lr" in (tmp_path / "res" / "curve_synthetic.md").read_text()
