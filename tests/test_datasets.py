@@ -151,7 +151,9 @@ def test_synthetic_is_deterministic_long_tailed_and_shifted():
     assert share[idx["road"]] > 0.15 and share[idx["sky"]] > 0.15
     for tail in ("pole", "sign", "person"):
         assert 0 < share[idx[tail]] < 0.015
-    assert pixel_counts is not None
+    small = SyntheticRoadScenes("source", length=3, seed=3)
+    expected = sum(np.bincount(small.read_label(i).flatten().numpy(), minlength=len(counts)) for i in range(3))
+    assert pixel_counts(small).tolist() == expected.tolist()  # read_label: the untransformed labels
 
 
 def test_median_frequency_weights_on_real_camvid_favour_the_tail(camvid_root):
