@@ -42,7 +42,11 @@ DACS_RADII = ["dacs", "dacs+perturbation eps0.05", "dacs+perturbation", "dacs+pe
 # the questions a comparison answers, as (method, baseline) pairs compared seed by seed
 PAIRS = [("apoda", "adaptsegnet"), ("apoda", "apoda+random"), ("dacs+perturbation", "dacs"),
          ("advent+perturbation", "advent"), ("adaptsegnet", "source_only+targetBN"),
-         ("source_only+targetBN", "source_only"), ("dacs", "source_only"), ("dacs+frozenBN", "dacs")]
+         ("source_only+targetBN", "source_only"), ("dacs", "source_only"), ("dacs+frozenBN", "dacs"),
+         # the perturbation family on DACS: is the adversarial direction worth its cost over random / dropout /
+         # masking, and does the add-on still help on top of MIC?
+         ("dacs+perturbation", "dacs+random"), ("dacs+dropout", "dacs"), ("dacs+mic", "dacs"),
+         ("dacs+mic+perturbation", "dacs+mic")]
 CAMVID = "../shared/data/camvid"
 _DUSK = f"name: camvid, root: {CAMVID}, split: train"
 # CamVid protocol: adapt on the first 40 dusk frames, evaluate on the last 22 (and on all 62 beside it)
