@@ -33,13 +33,13 @@ def test_class_mix_mask_pastes_half_the_classes_whole_and_never_ignore(present, 
 
 
 def test_class_mix_images_labels_and_weights_are_exact():
-    xs, xt = torch.full((1, 3, 2, 2), 1.0), torch.full((1, 3, 2, 2), -1.0)
+    xs, xt = torch.full((1, 3, 2, 2), 2.0), torch.full((1, 3, 2, 2), -3.0)  # not 1/-1: x * m == m / x there
     ys = torch.tensor([[[0, 1], [2, 255]]])
     pseudo = torch.tensor([[[4, 4], [4, 4]]])
     w = torch.full((1, 2, 2), 0.3)
     mask = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
     images, labels, weights = class_mix(xs, ys, xt, pseudo, w, mask)
-    assert torch.equal(images[0, 0], torch.tensor([[1.0, -1.0], [1.0, -1.0]]))
+    assert torch.equal(images[0, 0], torch.tensor([[2.0, -3.0], [2.0, -3.0]]))
     assert torch.equal(labels, torch.tensor([[[0, 4], [2, 4]]]))
     assert torch.equal(weights, torch.tensor([[[1.0, 0.3], [1.0, 0.3]]]))
 
@@ -103,6 +103,7 @@ def test_normalise_round_trip_and_strong_augment_keeps_shape():
     y = strong_augment(normalize(x, "imagenet"), "imagenet", jitter_probability=0.0)
     assert y.shape == x.shape and not torch.equal(y, normalize(x, "imagenet"))
     assert blur_kernel_size(180) == 17 and blur_kernel_size(240) == 23 and blur_kernel_size(512) == 51
+    assert blur_kernel_size(170) == 17 and blur_kernel_size(90) == 9  # ceil(10 %) odd: kept as it is
 
 
 def test_dacs_trains_teacher_follows_and_resume_is_bit_exact(tmp_path):
@@ -118,3 +119,27 @@ def test_dacs_refuses_mismatched_domain_sizes(tmp_path):
     cfg = tiny_config("dacs", "train.iters=1", "data.target.options={domain: target, size: [32, 40], length: 4}")
     with pytest.raises(ValueError, match="same transforms.size"):
         Trainer(cfg, tmp_path / "r", progress=False).fit()
+
+
+def test_strong_augment_defaults_blur_rate_clamping_and_identity():
+    import inspect
+
+    defaults = {k: v.default for k, v in inspect.signature(strong_augment).parameters.items()
+                if v.default is not inspect.Parameter.empty}
+    assert defaults == {"jitter_strength": 0.2, "jitter_probability": 0.2, "blur": True}  # DACS's
+    flat = torch.full((1, 3, 24, 24), 0.3)
+    x = normalize(flat, "imagenet")
+    blurred = 0
+    for seed in range(40):
+        torch.manual_seed(seed)
+        torch.testing.assert_close(strong_augment(x, "imagenet", jitter_probability=1.0, blur=False), x)
+        torch.manual_seed(seed)
+        y = strong_augment(x, "imagenet", jitter_probability=1.0)  # blur only: a flat image stays flat
+        torch.testing.assert_close(denormalize(y, "imagenet"), flat, atol=1e-5, rtol=0)
+        bright = normalize(torch.full((1, 3, 24, 24), 1.5), "imagenet")  # out of range: clamped to 1 first
+        torch.manual_seed(seed)
+        z = strong_augment(bright, "imagenet", jitter_probability=1.0)
+        if not torch.equal(z, bright):
+            blurred += 1
+            torch.testing.assert_close(denormalize(z, "imagenet"), torch.ones(1, 3, 24, 24), atol=1e-5, rtol=0)
+    assert 10 <= blurred <= 30  # blur is drawn with probability 0.5

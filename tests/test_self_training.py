@@ -279,3 +279,24 @@ def test_dacs_with_mic_and_perturbation_trains_and_resumes_bit_exactly(tmp_path)
 def test_dacs_refuses_unknown_teacher_bn_mode():
     with pytest.raises(ValueError, match="teacher BatchNorm"):
         _dacs(teacher_bn="running")
+
+
+class DropPath(nn.Module):  # stands in for timm's DropPath, which the teacher recognises by name
+    def forward(self, x):
+        return x * (torch.rand(x.shape[0], 1, 1, 1) > 0.5) * 2 if self.training else x
+
+
+def test_teacher_alpha_range_droppath_off_and_no_graph():
+    student = nn.Sequential(nn.Conv2d(2, 2, 1), DropPath())
+    MeanTeacher(student, alpha=0.0)  # [0, 1): 0 is a valid EMA factor
+    for bad in (1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=r"EMA alpha must be in \[0, 1\)"):
+            MeanTeacher(student, alpha=bad)
+    with pytest.raises(ValueError, match="teacher BatchNorm mode must be one of"):
+        MeanTeacher(student, bn="eval")
+    teacher = MeanTeacher(student)
+    assert not teacher.model[1].training and teacher.model[0].training
+    x = torch.randn(4, 2, 3, 3, requires_grad=True)
+    out = teacher(x)
+    torch.testing.assert_close(out, teacher.model[0](x).detach())  # DropPath off: no sample dropped
+    assert not out.requires_grad  # the teacher never builds a graph

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import configparser
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -50,31 +49,29 @@ def run_module(clone: Path, module: str, tests: Sequence[str], timeout: int) -> 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(["mutmut", "run", "--paths-to-mutate", module, "--runner", runner, "--no-progress"],
                    cwd=clone, env=env, timeout=timeout, capture_output=True)
-    text = subprocess.run(["mutmut", "results"], cwd=clone, capture_output=True, text=True).stdout
-    survivors = _ids(text, "Survived")
-    killed = _count(text, "Killed")
+    status = mutant_status(clone / ".mutmut-cache", module)
+    survivors = [i for i, s in status.items() if s == "bad_survived"]
     diffs = {i: subprocess.run(["mutmut", "show", str(i)], cwd=clone, capture_output=True, text=True).stdout
              for i in survivors}
-    total = killed + len(survivors) + _count(text, "Timed out") + _count(text, "Suspicious")
-    return {"module": module, "tests": list(tests), "killed": killed, "survived": len(survivors),
-            "timed_out": _count(text, "Timed out"), "suspicious": _count(text, "Suspicious"), "total": total,
-            "score": round(100.0 * (total - len(survivors)) / total, 1) if total else None, "survivors": diffs}
+    counts = {k: sum(s == k for s in status.values()) for k in ("ok_killed", "bad_survived", "bad_timeout",
+                                                                  "ok_suspicious", "untested", "skipped")}
+    tested = counts["ok_killed"] + counts["bad_survived"] + counts["bad_timeout"] + counts["ok_suspicious"]
+    return {"module": module, "tests": list(tests), "killed": counts["ok_killed"], "survived": len(survivors),
+            "timed_out": counts["bad_timeout"], "suspicious": counts["ok_suspicious"],
+            "untested": counts["untested"], "total": tested,
+            "score": round(100.0 * (tested - len(survivors)) / tested, 1) if tested else None, "survivors": diffs}
 
 
-def _ids(text: str, status: str) -> list[int]:
-    """Mutant ids listed under a status heading of ``mutmut results`` (``1-3, 7`` ranges expanded)."""
-    m = re.search(rf"{status}[^\n]*\n(.*?)(?:\n\n[A-Z]|\Z)", text, re.S)
-    if not m:
-        return []
-    ids: list[int] = []
-    for a, b in re.findall(r"(\d+)(?:-(\d+))?", m.group(1)):
-        ids += list(range(int(a), int(b or a) + 1))
-    return ids
+def mutant_status(cache: Path, module: str) -> dict[int, str]:
+    """``{mutant id: status}`` of ``module``'s mutants in mutmut 2's sqlite cache (``ok_killed``,
+    ``bad_survived``, ``bad_timeout``, ``ok_suspicious``, ``untested``, ``skipped``)."""
+    import sqlite3
 
-
-def _count(text: str, status: str) -> int:
-    m = re.search(rf"{status} [^(]*\((\d+)\)", text)
-    return int(m.group(1)) if m else 0
+    with sqlite3.connect(cache) as db:
+        rows = db.execute("SELECT Mutant.id, Mutant.status FROM Mutant JOIN Line ON Mutant.line = Line.id "
+                          "JOIN SourceFile ON Line.sourcefile = SourceFile.id WHERE SourceFile.filename = ?",
+                          (module,)).fetchall()
+    return {int(i): str(s) for i, s in rows}
 
 
 def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = None) -> int:
