@@ -143,3 +143,27 @@ def test_strong_augment_defaults_blur_rate_clamping_and_identity():
             blurred += 1
             torch.testing.assert_close(denormalize(z, "imagenet"), torch.ones(1, 3, 24, 24), atol=1e-5, rtol=0)
     assert 10 <= blurred <= 30  # blur is drawn with probability 0.5
+
+
+def test_strong_augment_draws_dacs_factors_per_image_and_blurs_each_axis_with_its_own_kernel():
+    import torchvision.transforms.functional as TF
+
+    x = normalize(torch.rand(2, 3, 30, 50), "imagenet")  # not square: kernel sizes differ per axis
+    for seed in range(6):
+        torch.manual_seed(seed)
+        got = strong_augment(x, "imagenet", 0.2, 0.2, blur=True)
+        torch.manual_seed(seed)  # replay DACS/DAFormer's definitions draw by draw
+        jitter, blur = float(torch.rand(())) > 0.2, float(torch.rand(())) > 0.5
+        out = []
+        for img in denormalize(x, "imagenet").clamp(0, 1):
+            if jitter:  # factors uniform in [1 - s, 1 + s], hue in [-s, s]
+                img = TF.adjust_brightness(img, 0.8 + 0.4 * float(torch.rand(())))
+                img = TF.adjust_contrast(img, 0.8 + 0.4 * float(torch.rand(())))
+                img = TF.adjust_saturation(img, 0.8 + 0.4 * float(torch.rand(())))
+                img = TF.adjust_hue(img, -0.2 + 0.4 * float(torch.rand(())))
+            if blur:  # sigma uniform in [0.15, 1.15]; kernel ~10 % of each side, odd: 5 across, 3 down
+                sigma = 0.15 + float(torch.rand(()))
+                img = TF.gaussian_blur(img, kernel_size=[5, 3], sigma=[sigma, sigma])
+            out.append(img)
+        expected = normalize(torch.stack(out), "imagenet") if (jitter or blur) else x
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
