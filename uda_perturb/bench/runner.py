@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ..engine.checkpoint import flatten
+
 PHOTOMETRIC_KEYS = ("data.source.transforms.photometric", "data.target.transforms.photometric")
 
 
@@ -24,16 +26,6 @@ def photometric(on: bool) -> list[str]:
 
 
 FINGERPRINT = "fingerprint.json"
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
 
 
 def file_sha256(path: Path) -> Optional[str]:

@@ -78,18 +78,19 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
     if isinstance(d, dict):
         out: dict[str, Any] = {}
         for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
     return {prefix: d}
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
     """Dotted keys whose values differ, other than those a resume may change."""
-    a, b = _flatten(saved), _flatten(current)
+    a, b = flatten(saved), flatten(current)
     keys = sorted(set(a) | set(b))
     return [k for k in keys if a.get(k) != b.get(k)
             and not any(k == r or k.startswith(r + ".") for r in RESUMABLE_DIFFERENCES)]
@@ -126,7 +127,7 @@ def load_checkpoint(path: str | Path, config: dict | None = None) -> dict[str, A
     if config is not None:
         diff = config_differences(ckpt["config"], config)
         if diff:
-            a, b = _flatten(ckpt["config"]), _flatten(config)
+            a, b = flatten(ckpt["config"]), flatten(config)
             detail = "; ".join(f"{k}: checkpoint {a.get(k)!r} vs config {b.get(k)!r}" for k in diff[:8])
             raise CheckpointError(f"checkpoint {path} comes from another config: {detail}")
     return ckpt
