@@ -1,0 +1,142 @@
+"""camvid_rendered: images made from label maps alone, deterministic per (seed, frame, style), real labels, and the
+camvid_rendered2real recipe's sequences kept apart."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import uda_perturb as up
+from uda_perturb.config import load_config
+from uda_perturb.data.label_renderer import BASE, CAR, ROAD, SKY, render_label_map, style_palette
+from uda_perturb.errors import DataError
+
+H, W = 36, 48
+
+
+def scene() -> np.ndarray:
+    """Sky on top, road below, two separate cars and an Unlabelled corner (raw CamVid ids)."""
+    lab = np.full((H, W), SKY, np.uint8)
+    lab[H // 2:] = ROAD
+    lab[24:30, 4:14] = CAR
+    lab[24:30, 30:42] = CAR
+    lab[0:3, 0:3] = 11
+    return lab
+
+
+def write_fixture(root, photo_value: int = 100) -> None:
+    """A two-frame CamVid copy in the SegNet layout (photos flat grey of ``photo_value``)."""
+    lines = []
+    for name in ("0016E5_00390.png", "0016E5_00420.png"):
+        (root / "train").mkdir(parents=True, exist_ok=True)
+        (root / "trainannot").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((H, W, 3), photo_value, np.uint8)).save(root / "train" / name)
+        Image.fromarray(scene()).save(root / "trainannot" / name)
+        lines.append(f"train/{name} trainannot/{name}")
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_same_seed_frame_and_style_give_the_same_image_and_others_differ():
+    lab = scene()
+    pal = style_palette(np.random.default_rng(0))
+    a = render_label_map(lab, np.random.default_rng([0, 1, 0]), pal)
+    b = render_label_map(lab, np.random.default_rng([0, 1, 0]), pal)
+    c = render_label_map(lab, np.random.default_rng([0, 2, 0]), pal)
+    assert a.shape == (H, W, 3) and a.dtype == np.float32 and 0 <= a.min() and a.max() <= 1
+    assert np.array_equal(a, b) and not np.allclose(a, c)
+
+
+def test_appearance_follows_the_classes():
+    """Sky is bluer than road (its base colour), and the two cars, separate components, get their own paint (a
+    paint from a list and a jitter: over ten images they almost always differ; a per-class colour never would)."""
+    lab = scene()
+    img = render_label_map(lab, np.random.default_rng(3), BASE.copy())
+    inner = np.zeros_like(lab, bool)
+    inner[2:-2, 2:-2] = True  # away from the blur at class borders
+    sky, road = (lab == SKY) & inner, (lab == ROAD) & inner
+    blue_minus_red = img[..., 2] - img[..., 0]
+    assert blue_minus_red[sky].mean() > blue_minus_red[road].mean() + 0.1
+    differ = 0
+    for seed in range(10):
+        img = render_label_map(lab, np.random.default_rng(seed), BASE.copy())
+        car_a, car_b = img[26:28, 6:12].reshape(-1, 3).mean(0), img[26:28, 33:39].reshape(-1, 3).mean(0)
+        differ += int(np.abs(car_a - car_b).max() > 0.02)
+    assert differ >= 7
+
+
+def test_style_palette_scales_each_channel_by_at_most_20_percent():
+    pal = style_palette(np.random.default_rng(5))
+    ratio = pal / BASE
+    assert pal.shape == BASE.shape and np.all(ratio >= 0.8 - 1e-6) and np.all(ratio <= 1.2 + 1e-6)
+    assert not np.allclose(pal, style_palette(np.random.default_rng(6)))
+
+
+def test_dataset_renders_from_labels_alone_with_real_labels(tmp_path):
+    write_fixture(tmp_path / "a", photo_value=20)
+    write_fixture(tmp_path / "b", photo_value=230)  # other photo pixels, same label maps
+    a = up.DATASETS.build("camvid_rendered", root=str(tmp_path / "a"), split="train", styles=3)
+    b = up.DATASETS.build("camvid_rendered", root=str(tmp_path / "b"), split="train", styles=3)
+    assert len(a) == 6  # 2 frames x 3 styles; item i = frame i % 2 in style i // 2
+    assert [a[i]["name"] for i in range(6)] == [f"0016E5_00{f}_style{s}" for s in range(3) for f in ("390", "420")]
+    for i in range(6):
+        assert torch.equal(a[i]["image"], b[i]["image"])  # no photo pixel used
+    assert not torch.equal(a[0]["image"], a[2]["image"])  # another style
+    assert not torch.equal(a[0]["image"], a[1]["image"])  # another frame (same label map): another seed
+    label = a[3]["label"]
+    expected = torch.from_numpy(scene().astype(np.int64))
+    expected[expected == 11] = 255
+    assert torch.equal(label, expected) and torch.equal(a.read_label(3), expected)
+    assert a[0]["image"].shape == (3, H, W)
+    other_seed = up.DATASETS.build("camvid_rendered", root=str(tmp_path / "a"), split="train", seed=1)
+    assert not torch.equal(other_seed[0]["image"], a[0]["image"])
+
+
+def test_render_stride_renders_coarser_and_keeps_the_label_size(tmp_path):
+    write_fixture(tmp_path)
+    full = up.DATASETS.build("camvid_rendered", root=str(tmp_path), split="train", render_stride=1)
+    half = up.DATASETS.build("camvid_rendered", root=str(tmp_path), split="train", render_stride=2)
+    direct = render_label_map(scene(), np.random.default_rng([0, __import__("zlib").crc32(b"0016E5_00390.png"), 0]),
+                              full.palettes[0])
+    assert torch.allclose(full.render(0), torch.from_numpy(direct).permute(2, 0, 1))
+    assert half.render(0).shape == (3, H, W) and not torch.equal(half.render(0), full.render(0))
+
+
+def test_bad_options_and_indices_are_refused(tmp_path):
+    write_fixture(tmp_path)
+    with pytest.raises(DataError, match="styles"):
+        up.DATASETS.build("camvid_rendered", root=str(tmp_path), split="train", styles=0)
+    with pytest.raises(DataError, match="render_stride"):
+        up.DATASETS.build("camvid_rendered", root=str(tmp_path), split="train", render_stride=0)
+    ds = up.DATASETS.build("camvid_rendered", root=str(tmp_path), split="train", styles=2)
+    with pytest.raises(IndexError):
+        ds[4]
+
+
+def test_rendered2real_recipe_keeps_rendered_and_real_sequences_apart(camvid_root):
+    cfg = load_config("camvid_rendered2real", [f"data.source.root={camvid_root}", f"data.target.root={camvid_root}"])
+    src, tgt = cfg.data.source, cfg.data.target
+    assert src.name == "camvid_rendered" and src.options["sequences"] == ["0016E5"]
+    assert tgt.name == "camvid" and tgt.options["sequences"] == ["0006R0"] and tgt.options["labelled"] is False
+    source = up.DATASETS.build("camvid_rendered", root=str(camvid_root), split=["train", "val"], sequences=["0016E5"])
+    target = up.DATASETS.build("camvid", root=str(camvid_root), split="train", sequences=["0006R0"], labelled=False)
+    test = up.DATASETS.build("camvid", root=str(camvid_root), split="test")
+    assert len(source) == 2 * 305 and len(target) == 101 and len(test) == 171
+    seqs = lambda names: {n.split("_")[0] for n in names}  # noqa: E731
+    rendered = seqs(p.name for p in source.frames.labels)
+    real = seqs(p.name for p in target.images) | seqs(p.name for p in test.images)
+    assert rendered == {"0016E5"} and real == {"0006R0", "Seq05VD"}
+
+
+def test_gap_benchmark_trains_the_same_recipe_on_renderings_and_on_the_photos(tmp_path):
+    """The two arms of the gap differ only in the source dataset: rendered 0016E5 vs the same frames' photos."""
+    from uda_perturb.bench.rendered_gap import RECIPE, runs
+    from uda_perturb.config import to_dict
+    from uda_perturb.engine.checkpoint import flatten
+
+    arms = runs(tmp_path, [0, 1], iters=50)
+    assert [r.seed for r in arms["rendered"]] == [0, 1] and arms["real"][1].run_dir == tmp_path / "real_s1"
+    rendered, real = (flatten(to_dict(load_config(RECIPE, arms[k][0].overrides))) for k in ("rendered", "real"))
+    differ = sorted(k for k in set(rendered) | set(real) if rendered.get(k) != real.get(k))
+    assert all(k.startswith("data.source.") for k in differ) and "data.source.name" in differ
+    assert real["data.source.name"] == "camvid" and real["data.source.options.sequences"] == ["0016E5"]
+    assert real["data.source.split"] == rendered["data.source.split"] == ["train", "val"]
+    assert rendered["train.iters"] == real["train.iters"] == 50
