@@ -92,3 +92,17 @@ def test_paired_differences_are_taken_seed_by_seed(tmp_path):
     assert diffs["a - b"]["miou"]["per_seed"] == [1.0, 3.0]
     assert diffs["c - b"]["miou"]["n"] == 1  # only seed 0 has both
     assert "| a - b | +2.0 ± 1.0 | +2.5 ± 1.5 | +1.0 ± 0.0 | +1.0, +3.0 |" in differences_table(diffs, "t")
+
+
+def test_mutation_runs_every_configured_module_against_existing_test_files():
+    """Each module of setup.cfg's [mutmut] set gets a list of test files that exist (a renamed test file would
+    silently make every mutant of its module survive)."""
+    from uda_perturb.bench.mutation import ROOT, TESTS, configured_modules, tests_for
+
+    modules = configured_modules()
+    assert len(modules) == 12 and set(TESTS) <= set(modules)
+    for module in modules:
+        tests = tests_for(module)
+        assert tests and tests != ["tests"], module
+        assert all((ROOT / t).is_file() for t in tests), (module, tests)
+    assert tests_for("uda_perturb/perturb.py")[0] == "tests/test_perturb.py"

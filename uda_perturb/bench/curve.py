@@ -48,7 +48,10 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     ap.add_argument("--lrs", type=float, nargs="+", help="adaptation lrs (default: the setup's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tolerance", type=float, default=0.5)
-    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--jobs", type=int, default=2, help="runs in parallel, started in --methods order per lr "
+                    "(list the costliest method first so the cheap runs fill the other slot)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra override of every adaptation run (not the warm start), e.g. train.channels_last=false")
     ap.add_argument("--work-dir", default="runs/bench", help="the comparison's work folder (warm starts reused)")
     add_results_options(ap)
     args = ap.parse_args(argv)
@@ -63,7 +66,8 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     warm = base.warm_start(on, args.seed)
     runs: dict[tuple[str, float], Run] = {}
     for lr in lrs:
-        p = Protocol(args.dataset, base.work, base.pre_iters, args.iters, lr, [f"train.eval_every={args.every}"])
+        p = Protocol(args.dataset, base.work, base.pre_iters, args.iters, lr,
+                     [f"train.eval_every={args.every}", *args.overrides])
         for m in args.methods:
             r = p.adaptation(m, on, args.seed)
             runs[(m, lr)] = Run(r.label, r.overrides, base.work / f"curve_{r.run_dir.name}_lr{lr:g}_i{args.iters}",
@@ -104,7 +108,8 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
         fig.savefig(out / f"{name}.png", dpi=110)
         plt.close(fig)
         md += ["", f"![learning curves]({name}.png)"]
-    write_results(out, name, {"environment": {**environment(), "warm_start": str(warm.run_dir)}, "curves": curves,
+    write_results(out, name, {"environment": {**environment(), "warm_start": str(warm.run_dir),
+                                              "overrides": args.overrides}, "curves": curves,
                               "warm_start": warm_res, "selected": {"lr": pick_lr, "iters": pick_iter}},
                   "\n".join(md))
     print("\n".join(md))

@@ -31,8 +31,24 @@ def configured_modules() -> list[str]:
     return [p.strip() for p in cfg["mutmut"]["paths_to_mutate"].split(",") if p.strip()]
 
 
+# modules reached through the public API (``up.perturb_and_defend``, registries) that an import scan misses or
+# matches in the whole suite: the test files that pin their behaviour
+TESTS = {
+    "uda_perturb/perturb.py": ["tests/test_perturb.py", "tests/test_defenses.py", "tests/test_controls.py",
+                               "tests/test_behaviour_pins.py"],
+    "uda_perturb/attacks.py": ["tests/test_perturb.py", "tests/test_controls.py", "tests/test_defenses.py",
+                               "tests/test_registry.py"],
+    "uda_perturb/defenses.py": ["tests/test_defenses.py", "tests/test_perturb.py", "tests/test_behaviour_pins.py"],
+    "uda_perturb/methods/perturbation_addon.py": ["tests/test_behaviour_pins.py", "tests/test_methods.py",
+                                                  "tests/test_dacs.py", "tests/test_self_training.py"],
+}
+
+
 def tests_for(module: str) -> list[str]:
-    """The test files that exercise ``module`` (those naming its import path), so each mutant runs seconds."""
+    """The test files that exercise ``module``: :data:`TESTS`, else those naming its import path (so each mutant
+    runs seconds, not the whole suite)."""
+    if module in TESTS:
+        return TESTS[module]
     dotted = module.removesuffix(".py").replace("/", ".")
     stem = Path(module).stem
     hits = []
@@ -41,6 +57,20 @@ def tests_for(module: str) -> list[str]:
         if dotted in text or f"import {stem}" in text or f".{stem} import" in text:
             hits.append(f"tests/{test.name}")
     return hits or ["tests"]
+
+
+def sync_clone(clone: Path) -> None:
+    """Make ``clone`` a checkout of the repository's current commit. Its mutmut cache (a resumable record of
+    tested mutants) is kept only while the commit is the same: results against older tests would be stale."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    if not (clone / ".git").is_dir():
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    current = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout.strip()
+    if current != head:
+        subprocess.run(["git", "fetch", "-q", str(ROOT), head], cwd=clone, check=True)
+        subprocess.run(["git", "reset", "-q", "--hard", head], cwd=clone, check=True)
+        (clone / ".mutmut-cache").unlink(missing_ok=True)
 
 
 def run_module(clone: Path, module: str, tests: Sequence[str], timeout: int) -> dict:
@@ -91,8 +121,7 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     modules = args.modules or configured_modules()
     clones = [Path(args.work_dir).resolve() / f"clone{j}" for j in range(max(1, min(args.jobs, len(modules))))]
     for clone in clones:  # one clone per job: mutmut edits files in place and keeps its cache in the clone
-        if not (clone / ".git").is_dir():
-            subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+        sync_clone(clone)
 
     def job(j: int) -> list[dict]:
         done = []

@@ -62,10 +62,15 @@ METHODS: dict[str, tuple[str, list[Any], dict[str, Any]]] = {
     "dacs+mic": ("dacs", ["mic"], {}),
     "dacs+mic+perturbation": ("dacs", ["mic", "perturbation"], {}),
 }
-def make(model: str, method: str, device: torch.device, channels_last: bool = False, ndf: Optional[int] = None):
-    """The method on the model, in train mode; channels-last as ``train.channels_last`` does."""
+def make(model: str, method: str, device: torch.device, channels_last: bool = False, ndf: Optional[int] = None,
+         frozen_stages: int = 0):
+    """The method on the model, in train mode; channels-last as ``train.channels_last`` does; the backbone's
+    stem and first ``frozen_stages`` stages frozen (``model.backbone_options.frozen_stages``)."""
     torch.manual_seed(0)
-    seg = up.build_segmentor(**MODELS[model])
+    spec = MODELS[model]
+    if frozen_stages:
+        spec = {**spec, "backbone_kwargs": {**spec.get("backbone_kwargs", {}), "frozen_stages": frozen_stages}}
+    seg = up.build_segmentor(**spec)
     name, addons, opts = METHODS[method]
     # ``--ndf`` sets the discriminator width of the methods that have one (the comparison: 32; paper code: 64)
     if ndf is not None and "ndf" in inspect.signature(METHOD_REGISTRY.get(name)).parameters:
@@ -108,7 +113,7 @@ def memory_child(args: argparse.Namespace) -> None:
     import threading
 
     torch.set_num_threads(2)
-    m = make(args.model, args.memory_child, torch.device("cpu"), args.channels_last, args.ndf)
+    m = make(args.model, args.memory_child, torch.device("cpu"), args.channels_last, args.ndf, args.frozen_stages)
     s, t = batches(args.model, args.size, args.batch, torch.device("cpu"), args.channels_last)
     m.training_step(s, t)  # warm-up: lazy allocations, kernel caches
     m.zero_grad(set_to_none=True)
@@ -134,7 +139,7 @@ def measure_memory(args, device: torch.device) -> dict[str, float]:
     out = {}
     for method in args.methods:
         if device.type == "cuda":
-            m = make(args.model, method, device, args.channels_last, args.ndf)
+            m = make(args.model, method, device, args.channels_last, args.ndf, args.frozen_stages)
             s, t = batches(args.model, args.size, args.batch, device, args.channels_last)
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -148,13 +153,14 @@ def measure_memory(args, device: torch.device) -> dict[str, float]:
             cmd = [sys.executable, "-m", "uda_perturb.bench.speed", "--memory-child", method, "--model", args.model,
                    "--size", *map(str, args.size), "--batch", str(args.batch)]
             cmd += (["--channels-last"] if args.channels_last else []) + (["--ndf", str(args.ndf)] if args.ndf else [])
+            cmd += ["--frozen-stages", str(args.frozen_stages)]
             res = subprocess.run(cmd, capture_output=True, text=True, check=True)
             out[method] = json.loads(res.stdout.strip().splitlines()[-1])["peak_extra_mb"]
     return out
 
 
 def measure_time(args, device: torch.device) -> dict[str, float]:
-    models = {m: make(args.model, m, device, args.channels_last, args.ndf) for m in args.methods}
+    models = {m: make(args.model, m, device, args.channels_last, args.ndf, args.frozen_stages) for m in args.methods}
     s, t = batches(args.model, args.size, args.batch, device, args.channels_last)
     times: dict[str, list[float]] = {m: [] for m in args.methods}
     for rep in range(args.repeats + 1):
@@ -184,6 +190,8 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     ap.add_argument("--threads", type=int, help="torch threads (benchmark runs use 1 each, 2 in parallel)")
     ap.add_argument("--skip-memory", action="store_true", help="time only")
     ap.add_argument("--ndf", type=int, help="discriminator width (default: each method's, 64; the comparison: 32)")
+    ap.add_argument("--frozen-stages", type=int, default=0,
+                    help="freeze the backbone's stem and first K stages (timm backbones; default 0)")
     ap.add_argument("--out")
     add_results_options(ap)
     args = ap.parse_args(argv)
@@ -205,7 +213,8 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
              "mem_vs_source_only": mem[m] / base_m if base_m else None,
              "mem_vs_adaptsegnet": mem[m] / asn_m if asn_m else None} for m in args.methods]
     title = (f"# Step time and peak memory per method ({args.model}, input {args.batch}+{args.batch} x 3 x "
-             f"{args.size[0]} x {args.size[1]}, {device.type}{', bf16' if args.amp else ''})")
+             f"{args.size[0]} x {args.size[1]}, {device.type}{', bf16' if args.amp else ''}"
+             f"{f', stem + {args.frozen_stages} stages frozen' if args.frozen_stages else ''})")
     md = [title, "", f"Median of {args.repeats} interleaved steps; memory: "
           + ("CUDA max_memory_allocated of one step." if device.type == "cuda"
              else "peak RSS growth of one step in a fresh process."), "",
@@ -219,7 +228,7 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     md += ["", "Targets: APODA step at most 1.25x an AdaptSegNet step, peak memory at most 1.15x."]
     payload = {"model": args.model, "size": args.size, "batch": args.batch, "rows": rows, "repeats": args.repeats,
                "device": str(device), "amp": args.amp, "channels_last": args.channels_last, "ndf": args.ndf,
-               "threads": torch.get_num_threads()}
+               "threads": torch.get_num_threads(), "frozen_stages": args.frozen_stages}
     write_results(out, name, payload, "\n".join(md))
     print("\n".join(md))
     return 0
