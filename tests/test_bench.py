@@ -106,3 +106,21 @@ def test_mutation_runs_every_configured_module_against_existing_test_files():
         assert tests and tests != ["tests"], module
         assert all((ROOT / t).is_file() for t in tests), (module, tests)
     assert tests_for("uda_perturb/perturb.py")[0] == "tests/test_perturb.py"
+
+
+def test_every_setup_resolves_for_every_method_it_lists(tmp_path):
+    """Each setup's warm start and adaptation runs load as configs (a typo in an override or method fails here,
+    not an hour into a benchmark), and v3 adapts with the length and lr its learning curve chose."""
+    from uda_perturb.bench.setups import SETUPS, Protocol
+    from uda_perturb.config import load_config
+
+    for name, setup in SETUPS.items():
+        p = Protocol(name, tmp_path, setup["pretrain_iters"], setup["iters"], setup["adapt_lr"])
+        for method in setup.get("methods", []):
+            run = p.adaptation(method, True, 0)
+            cfg = load_config(p.recipe, run.overrides)
+            assert cfg.train.iters == setup["iters"] and cfg.method.name == method.split("+")[0]
+        load_config(p.recipe, p.warm_start(True, 1).overrides)
+    v3 = SETUPS["camvid_pretrained_v3"]
+    assert (v3["iters"], v3["adapt_lr"]) == (500, 1e-4) and v3["target"] == "target_dusk_heldout"
+    assert SETUPS["camvid_rendered"]["target"] == "real_test"
