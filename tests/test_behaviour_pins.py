@@ -193,3 +193,13 @@ def test_perturbation_addon_terms_equal_perturb_and_defend_called_directly():
     alone = up.perturb_and_defend(state.source.features, f, labels=ys, domain="source", eps=0.2,
                                   clean_logits=state.source.logits)
     assert not torch.allclose(alone.perturbed, src.perturbed)
+
+
+def test_ignore_is_255_in_every_table_and_in_the_lookup():
+    """The ignore index every loss and metric uses (255, literally): tables written with the module's own constant
+    would follow any other value silently."""
+    from uda_perturb.data.label_maps import CAMVID_11, lookup_table
+
+    assert IGNORE == 255 and CAMVID_11[11] == 255 and CITYSCAPES_19[0] == 255 and SYNTHIA_16[0] == 255
+    lut = lookup_table(CAMVID_11, 256)
+    assert lut[11] == 255 and lut[3] == 3

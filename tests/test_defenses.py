@@ -72,3 +72,35 @@ def test_pseudo_ce_uses_only_confident_positions():
     assert got.item() == pytest.approx(expected.item(), rel=1e-6)
     none_confident = build_defense("pseudo_ce", threshold=0.99999)(ctx_for(torch.zeros(1, 2, 1, 2)), adv)
     assert none_confident.item() == 0.0
+
+
+def test_pseudo_ce_default_keeps_positions_at_90_percent_confidence_and_drops_the_rest():
+    """Default threshold 0.9: a position with clean confidence 0.95 is a pseudo-label, one with 0.6 is ignored;
+    the loss is the CE of the adversarial logits at the kept position only."""
+    clean = torch.zeros(1, 2, 1, 2)
+    clean[0, 0, 0, 0] = math.log(0.95 / 0.05)  # p(class 0) = 0.95
+    clean[0, 1, 0, 1] = math.log(0.6 / 0.4)  # p(class 1) = 0.6
+    adv = torch.tensor([[[[0.3, 1.0]], [[1.2, -0.5]]]])
+    ctx = ObjectiveContext(classifier=lambda f: f, domain="target", clean_logits=clean)
+    expected = -torch.log_softmax(adv[0, :, 0, 0], dim=0)[0]
+    assert build_defense("pseudo_ce")(ctx, adv).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_gradient_free_controls_have_objective_value_exactly_zero():
+    """The controls displace features directly; their objective is 0 with a zero gradient, never the logits' sum."""
+    from uda_perturb import build_attack
+
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    ctx = ObjectiveContext(classifier=lambda f: f, domain="target", clean_logits=logits.detach())
+    for name in ("random", "dropout"):
+        value = build_attack(name)(ctx, torch.randn(2, 5, 4, 4), logits)
+        assert value.item() == 0.0
+        (grad,) = torch.autograd.grad(value, logits)
+        assert torch.equal(grad, torch.zeros_like(logits))
+
+
+def test_classifier_attack_refuses_an_unknown_target_mode_naming_the_option():
+    from uda_perturb import build_attack
+
+    with pytest.raises(ValueError, match=r"^target_mode must be 'pseudo' or 'kl', got 'soft'$"):
+        build_attack("classifier", target_mode="soft")

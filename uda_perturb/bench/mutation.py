@@ -32,8 +32,12 @@ def configured_modules() -> list[str]:
 
 
 # modules reached through the public API (``up.perturb_and_defend``, registries) that an import scan misses or
-# matches in the whole suite: the test files that pin their behaviour
+# matches in the whole suite, and modules whose pinning tests sit behind slow ones: the test files (or pytest node
+# ids) that pin their behaviour, fastest first (pytest -x stops at the first failure)
 TESTS = {
+    "uda_perturb/data/label_maps.py": ["tests/test_behaviour_pins.py::test_label_id_tables_entry_by_entry",
+                                       "tests/test_behaviour_pins.py::test_ignore_is_255_in_every_table_and_in_the_lookup",
+                                       "tests/test_datasets.py"],
     "uda_perturb/perturb.py": ["tests/test_perturb.py", "tests/test_defenses.py", "tests/test_controls.py",
                                "tests/test_behaviour_pins.py"],
     "uda_perturb/attacks.py": ["tests/test_perturb.py", "tests/test_controls.py", "tests/test_defenses.py",
