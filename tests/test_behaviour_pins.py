@@ -203,3 +203,23 @@ def test_ignore_is_255_in_every_table_and_in_the_lookup():
     assert IGNORE == 255 and CAMVID_11[11] == 255 and CITYSCAPES_19[0] == 255 and SYNTHIA_16[0] == 255
     lut = lookup_table(CAMVID_11, 256)
     assert lut[11] == 255 and lut[3] == 3
+
+
+def test_class_names_and_palettes_are_the_published_ones():
+    """Cityscapes' 19 train classes with their official colours, CamVid's 11 with the SegNet tutorial's, written
+    out here: per-class tables and the colour-coded predictions are read against these."""
+    from uda_perturb.data import label_maps as lm
+
+    assert lm.CITYSCAPES_CLASSES == (
+        "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+        "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
+    assert lm.CITYSCAPES_PALETTE == (
+        (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
+        (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60), (255, 0, 0),
+        (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32))
+    assert lm.CAMVID_CLASSES == ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence",
+                                 "Car", "Pedestrian", "Bicyclist")
+    assert lm.CAMVID_PALETTE == (
+        (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
+        (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192))
+    assert lm.CAMVID_TAIL == ("Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist")

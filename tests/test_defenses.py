@@ -104,3 +104,11 @@ def test_classifier_attack_refuses_an_unknown_target_mode_naming_the_option():
 
     with pytest.raises(ValueError, match=r"^target_mode must be 'pseudo' or 'kl', got 'soft'$"):
         build_attack("classifier", target_mode="soft")
+
+
+def test_dropout_control_refuses_rates_outside_the_open_interval():
+    from uda_perturb import build_attack
+
+    for rate in (0.0, 1.0):
+        with pytest.raises(ValueError, match=rf"^dropout rate must be in \(0, 1\), got {rate}$"):
+            build_attack("dropout", rate=rate)

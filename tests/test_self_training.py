@@ -300,3 +300,15 @@ def test_teacher_alpha_range_droppath_off_and_no_graph():
     out = teacher(x)
     torch.testing.assert_close(out, teacher.model[0](x).detach())  # DropPath off: no sample dropped
     assert not out.requires_grad  # the teacher never builds a graph
+
+
+def test_mic_blocks_are_at_least_one_pixel_and_one_grid_cell_per_axis():
+    """A tiny input still gets a 1-px block, and an image shorter than a block one grid row (or column): the
+    mask is then constant along that axis."""
+    assert block_size_for(4, 4) == 1
+    g = torch.Generator().manual_seed(0)
+    wide = block_mask(8, 3, 40, 15, 0.5, generator=g)  # round(3 / 15) = 0 rows -> 1
+    tall = block_mask(8, 40, 3, 15, 0.5, generator=g)
+    assert wide.shape == (8, 1, 3, 40) and tall.shape == (8, 1, 40, 3)
+    assert torch.equal(wide, wide[:, :, :1].expand_as(wide)) and torch.equal(tall, tall[..., :1].expand_as(tall))
+    assert 0 < wide.mean() < 1 and 0 < tall.mean() < 1
