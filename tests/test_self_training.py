@@ -305,7 +305,7 @@ def test_teacher_alpha_range_droppath_off_and_no_graph():
 def test_mic_blocks_are_at_least_one_pixel_and_one_grid_cell_per_axis():
     """A tiny input still gets a 1-px block, and an image shorter than a block one grid row (or column): the
     mask is then constant along that axis."""
-    assert block_size_for(4, 4) == 1
+    assert block_size_for(4, 4) == 1 and block_size_for(12, 20) == 2  # 64 * 12 / 512 = 1.5 rounds to 2
     g = torch.Generator().manual_seed(0)
     wide = block_mask(8, 3, 40, 15, 0.5, generator=g)  # round(3 / 15) = 0 rows -> 1
     tall = block_mask(8, 40, 3, 15, 0.5, generator=g)

@@ -145,9 +145,10 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
           f"One-line mutants of each module, run against the tests that import it; **{score}%** of {total} mutants "
           "killed overall (goal: 85%). Surviving mutants are listed with their diff: each is either a gap to close "
           "with a test or an equivalent mutant (same behaviour), marked as such when reviewed.", "",
-          "| module | tests | mutants | killed | survived | timed out | score |", "|---|---|---|---|---|---|---|"]
+          "| module | tests | mutants tested | killed | survived | timed out | not reached (timeout) | score |",
+          "|---|---|---|---|---|---|---|---|"]
     md += [f"| {r['module']} | {', '.join(Path(t).name for t in r['tests'])} | {r['total']} | {r['killed']} | "
-           f"{r['survived']} | {r['timed_out']} | {r['score']}% |" for r in rows]
+           f"{r['survived']} | {r['timed_out']} | {r['untested']} | {r['score']}% |" for r in rows]
     for r in rows:
         if r["survivors"]:
             md += ["", f"## Survivors in {r['module']}", ""]
