@@ -15,8 +15,8 @@ from ..errors import DataError
 from ..registry import DATASETS
 from .base import DatasetInfo, PairedSegmentationDataset, Transform
 from .camvid import camvid
-from .io import read_label_raw
-from .label_renderer import render_label_map, style_palette
+from .label_maps import IGNORE
+from .label_renderer import UNLABELLED, render_label_map, style_palette
 from .transforms import transform_item
 
 
@@ -58,11 +58,13 @@ class RenderedCamVid(Dataset):
 
     def render(self, index: int) -> torch.Tensor:
         """Item ``index``'s image (3 x H x W in [0, 1]) before any transform."""
+        return self._render(self.read_label(index), index)
+
+    def _render(self, label: torch.Tensor, index: int) -> torch.Tensor:
+        """The image of item ``index`` from its (mapped) label, so the label file is decoded once per item."""
         f, style = self._frame(index)
-        assert self.frames.labels is not None  # camvid_rendered builds its selection with labelled=True
-        path = self.frames.labels[f]
-        assert path is not None
-        raw = read_label_raw(path)
+        raw = label.numpy().astype(np.int32)
+        raw[raw == IGNORE] = UNLABELLED  # CAMVID_11 is the identity but for Unlabelled: back to the raw ids
         k = self.render_stride
         key = zlib.crc32(self.frames.images[f].name.encode())  # a stable per-frame seed (hash() is salted)
         img = render_label_map(raw[::k, ::k], np.random.default_rng([self.seed, key, style]), self.palettes[style])
@@ -72,7 +74,8 @@ class RenderedCamVid(Dataset):
         return image.contiguous()
 
     def __getitem__(self, index: int) -> dict:
-        image, label = self.render(index), self.read_label(index)
+        label = self.read_label(index)
+        image = self._render(label, index)
         image, out_label, extras = transform_item(self.transform, image, label)
         assert out_label is not None
         f, style = self._frame(index)

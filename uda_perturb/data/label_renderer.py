@@ -40,18 +40,21 @@ def style_palette(style_rng: np.random.Generator) -> np.ndarray:
     return np.clip(BASE * style_rng.uniform(0.8, 1.2, BASE.shape).astype(np.float32), 0, 1)
 
 
-def _components(label: np.ndarray) -> tuple[np.ndarray, list, int]:
-    """One id per connected component of each instance class (0 elsewhere), their bounding boxes, the count."""
+def _components(label: np.ndarray) -> tuple[np.ndarray, list, np.ndarray]:
+    """One id per connected component of each instance class (0 elsewhere), their bounding boxes (index 0 unused)
+    and their classes (``classes[id]``; 0 for id 0)."""
     comp = np.zeros(label.shape, np.int32)
     boxes: list = [None]
+    classes = [0]
     n = 0
     for c in INSTANCE_CLASSES:
         lab, k = ndimage.label(label == c)
         if k:
             comp[lab > 0] = lab[lab > 0] + n
             boxes += ndimage.find_objects(lab)
+            classes += [c] * k
             n += k
-    return comp, boxes, n
+    return comp, boxes, np.array(classes, np.int32)
 
 
 def render_label_map(label: np.ndarray, rng: np.random.Generator, palette: np.ndarray) -> np.ndarray:
@@ -64,7 +67,8 @@ def render_label_map(label: np.ndarray, rng: np.random.Generator, palette: np.nd
     s = w / 480.0  # textures are sized for CamVid's 480-pixel width
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     img = palette[np.clip(label, 0, UNLABELLED)].copy()
-    comp, boxes, n = _components(label)
+    comp, boxes, cls_of = _components(label)
+    n = len(cls_of) - 1
     # per-instance colour: a jitter of the class colour, or a paint drawn from a list (cars, signs, clothes)
     jitter = rng.uniform(0.85, 1.15, (n + 1, 3)).astype(np.float32)
     jitter[0] = 1.0
@@ -74,9 +78,6 @@ def render_label_map(label: np.ndarray, rng: np.random.Generator, palette: np.nd
         ys = box[0]
         m = comp[box] == i
         rel_y[box][m] = ((yy[box][m] - ys.start) / max(ys.stop - ys.start - 1, 1))
-    cls_of = np.zeros(n + 1, np.int32)
-    for i, box in enumerate(boxes[1:], 1):
-        cls_of[i] = label[box][comp[box] == i][0]
     paint = np.ones((n + 1, 3), np.float32)
     lower = np.ones((n + 1, 3), np.float32)
     for i in range(1, n + 1):
