@@ -1,7 +1,7 @@
 """Mutation testing (``benchmarks/mutation.py``): mutmut 2 plants one-line bugs in the core modules, one at a
 time, and runs the tests that cover each module; a mutant the tests do not fail on "survives". Runs in a
 scratch clone of the repository (mutmut edits files in place), never in the working tree, and writes the score
-per module with every surviving mutant's diff. Not part of CI (it takes an hour on 2 cores for all modules).
+per module with every surviving mutant's diff. Not part of CI (about two hours on 2 cores for all modules).
 
     pip install ".[mutation]"
     python benchmarks/mutation.py                                   # every module of the [mutmut] set

@@ -27,8 +27,8 @@ class RenderedCamVid(Dataset):
     style)``: a style fixes the class colours, the frame and style seed the rest, so items are the same in every
     process and run. Labels are the frames' real labels (Unlabelled -> 255). ``render_stride`` k renders from
     every k-th label pixel and upsamples the image to the label's size (bilinear): the recipes train at a third of
-    CamVid's resolution, and a 180x240 rendering takes about 40 ms, so images are made on the fly and nothing
-    is written.
+    CamVid's resolution, and rendering a quarter of the pixels keeps on-the-fly rendering cheap, so nothing is
+    written.
     """
 
     def __init__(self, frames: PairedSegmentationDataset, styles: int = 2, seed: int = 0,
