@@ -1,13 +1,17 @@
-"""Benchmarks never overwrite committed results unasked, and reuse a run folder only for the very run it holds."""
+"""Benchmarks never overwrite committed results unasked, reuse a run folder only for the very run it holds,
+continue a run cut off from its checkpoint, and start an adaptation run only once its warm start exists."""
 import argparse
 import json
 
 import pytest
+import torch
 from helpers import TINY
 
 from uda_perturb.bench.compare import main as compare_main
 from uda_perturb.bench.report import ResultsExistError, check_replace, results_folder
-from uda_perturb.bench.runner import FINGERPRINT, Run, launch
+from uda_perturb.bench.runner import FINGERPRINT, STARTED, Run, launch, run_all, start_weights
+from uda_perturb.config import load_config
+from uda_perturb.engine import Trainer
 
 
 def _args(results_dir=None, force=False, work_dir="w"):
@@ -73,3 +77,50 @@ def test_a_changed_warm_start_invalidates_the_runs_made_from_it(tmp_path):
     assert run.done("synthetic_demo")
     weights.write_bytes(b"b")
     assert run.differences("synthetic_demo") == ["weights_sha256"]
+
+
+def test_a_run_cut_off_continues_from_its_checkpoint_and_ends_as_if_never_stopped(tmp_path):
+    extra = ["train.iters=4", "train.checkpoint_every=2"]
+    whole = _run(tmp_path / "whole", *extra)
+    launch("synthetic_demo", whole, tmp_path / "logs")
+    cut = _run(tmp_path / "cut", *extra)
+    # cut off after iteration 3 (checkpoint at 2), as a benchmark stopped mid-run leaves its folder
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the benchmark's subprocesses run one thread: same bits
+    try:
+        trainer = Trainer(load_config("synthetic_demo", cut.overrides + ["seed=0"]), cut.run_dir, progress=False)
+        original, calls = trainer.train_step, []
+
+        def step(*a):
+            calls.append(1)
+            if len(calls) == 4:
+                raise KeyboardInterrupt
+            return original(*a)
+
+        trainer.train_step = step
+        with pytest.raises(KeyboardInterrupt):
+            trainer.fit()
+    finally:
+        torch.set_num_threads(threads)
+    assert not cut.resumable("synthetic_demo")  # no record that the folder was started for this run
+    (cut.run_dir / STARTED).write_text(json.dumps(cut.fingerprint("synthetic_demo")))
+    assert cut.resumable("synthetic_demo")
+    assert not _run(tmp_path / "cut", *extra, "train.lr=0.5").resumable("synthetic_demo")
+    assert launch("synthetic_demo", cut, tmp_path / "cut_logs") > 0
+    assert "resuming from iteration 2 of 4" in (tmp_path / "cut_logs" / "run.log").read_text()
+    assert cut.done("synthetic_demo")
+    a = torch.load(whole.run_dir / "segmentor.pt", weights_only=True)
+    b = torch.load(cut.run_dir / "segmentor.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # a checkpoint cadence does not change what a run computes: the finished run counts for any cadence
+    assert _run(tmp_path / "cut", "train.iters=4", "train.checkpoint_every=1").done("synthetic_demo")
+
+
+def test_an_adaptation_run_waits_for_its_own_warm_start_only(tmp_path):
+    warm = _run(tmp_path / "warm")
+    adapt = Run("adapt", warm.overrides + [f"model.weights={warm.run_dir / 'segmentor.pt'}"], tmp_path / "adapt", 0)
+    with pytest.raises(ValueError, match="comes after it"):
+        run_all("synthetic_demo", [adapt, warm], 2, tmp_path / "logs")
+    run_all("synthetic_demo", [warm, adapt], 2, tmp_path / "logs")  # started at once, it would find no weights
+    assert warm.done("synthetic_demo") and adapt.done("synthetic_demo")
+    assert start_weights(adapt) == str(warm.run_dir / "segmentor.pt") and start_weights(warm) is None

@@ -199,8 +199,7 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
         weights = Path(args.warm_start) if args.warm_start else warm[0].run_dir / "segmentor.pt"
         runs = apoda_runs(protocol, weights, args.seeds, args.only)
         logs = apoda_folder(protocol) / "logs"
-    run_all(protocol.recipe, warm, args.jobs, logs)
-    run_all(protocol.recipe, runs, args.jobs, logs)
+    run_all(protocol.recipe, warm + runs, args.jobs, logs)
     agg = aggregate(runs)
     reference = aggregate(warm) if warm else {}
     t, s = setup["target"], setup["source"]

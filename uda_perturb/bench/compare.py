@@ -74,11 +74,11 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     out = results_folder(args, results_dir, args.quick)
     check_replace(args, out, name, [f"{name}.png", f"{name}_cost.png"])
     warm = protocol.warm_starts(arms, seeds)
-    runs = [protocol.adaptation(m, on, s) for on in arms for m in args.methods for s in seeds]
+    # seed by seed: a comparison longer than one sitting has whole seeds (every method, paired) as it goes
+    runs = [protocol.adaptation(m, on, s) for s in seeds for on in arms for m in args.methods]
     start = time.time()
     logs = protocol.work / "logs"
-    run_all(protocol.recipe, warm, args.jobs, logs, args.threads)
-    run_all(protocol.recipe, runs, args.jobs, logs, args.threads)
+    run_all(protocol.recipe, warm + runs, args.jobs, logs, args.threads)
     wall = time.time() - start
     everything = warm + runs
     suffix = [" +aug" if on else "" for on in arms]

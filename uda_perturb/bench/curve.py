@@ -73,8 +73,7 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
             runs[(m, lr)] = Run(r.label, r.overrides, base.work / f"curve_{r.run_dir.name}_lr{lr:g}_i{args.iters}",
                                 r.seed)
     logs = base.work / "logs"
-    run_all(base.recipe, [warm], args.jobs, logs)
-    run_all(base.recipe, list(runs.values()), args.jobs, logs)
+    run_all(base.recipe, [warm, *runs.values()], args.jobs, logs)
     t, s = setup["target"], setup["source"]
     curves = {f"{m} lr {lr:g}": curve(r) for (m, lr), r in runs.items()}
     pick_lr, pick_iter = choose({f"{lr:g}": curves[f"{args.select} lr {lr:g}"] for lr in lrs}, s, t, args.tolerance)

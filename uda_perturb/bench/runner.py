@@ -1,7 +1,9 @@
 """Training runs of a benchmark: each run is a subprocess ``python -m uda_perturb train ...`` (one thread
 each, ``jobs`` at a time), so runs are isolated. A finished run records its fingerprint (resolved config and the
 content of its start weights); a restarted benchmark reuses a folder only when that fingerprint equals the
-requested run's, and trains it again otherwise."""
+requested run's, and trains it again otherwise. A run cut off (a benchmark stopped, a session ended) continues
+from its last checkpoint when its folder was started for this very run, so a benchmark longer than one sitting
+is finished by restarting it."""
 from __future__ import annotations
 
 import hashlib
@@ -10,12 +12,13 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..engine.checkpoint import flatten
+from ..engine.run_folder import clear_run
 
 PHOTOMETRIC_KEYS = ("data.source.transforms.photometric", "data.target.transforms.photometric")
 
@@ -26,6 +29,9 @@ def photometric(on: bool) -> list[str]:
 
 
 FINGERPRINT = "fingerprint.json"
+STARTED = "fingerprint.started.json"  # written when a run starts: a folder cut off mid-run may resume only as it
+# keys that do not change what a run computes (resume is bit-exact): a checkpoint cadence
+RESULT_NEUTRAL = ("config.train.checkpoint_every",)
 
 
 def file_sha256(path: Path) -> Optional[str]:
@@ -65,8 +71,14 @@ class Run:
         stored_file = self.run_dir / FINGERPRINT
         if not stored_file.is_file():
             return ["(no fingerprint: made before runs recorded their settings)"]
-        stored, want = flatten(json.loads(stored_file.read_text())), flatten(self.fingerprint(recipe))
-        return sorted(k for k in set(stored) | set(want) if stored.get(k) != want.get(k))
+        return fingerprint_differences(json.loads(stored_file.read_text()), self.fingerprint(recipe))
+
+    def resumable(self, recipe: str) -> bool:
+        """Whether the folder holds this very run cut off before its end, with a checkpoint to continue from."""
+        started = self.run_dir / STARTED
+        return (not (self.run_dir / "results.json").is_file() and (self.run_dir / "checkpoint.pt").is_file()
+                and started.is_file()
+                and fingerprint_differences(json.loads(started.read_text()), self.fingerprint(recipe)) == [])
 
     def done(self, recipe: str) -> bool:
         """Whether the folder holds this very run, finished (same resolved config, same start weights)."""
@@ -77,9 +89,16 @@ class Run:
         return json.loads((self.run_dir / "results.json").read_text())
 
 
+def fingerprint_differences(stored: dict, want: dict) -> list[str]:
+    """The dotted keys in which two fingerprints differ, :data:`RESULT_NEUTRAL` keys left out."""
+    a, b = flatten(stored), flatten(want)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESULT_NEUTRAL)
+
+
 def launch(recipe: str, run: Run, log_dir: Path, threads: int = 1) -> float:
-    """Train one run in a subprocess unless its folder holds this very run finished; a folder holding a run
-    made with other settings is retrained (the differing keys are printed). Returns the wall time in seconds."""
+    """Train one run in a subprocess unless its folder holds this very run finished; continue it from its
+    checkpoint when the folder holds this very run cut off; a folder holding a run made with other settings is
+    retrained (the differing keys are printed). Returns the wall time in seconds."""
     diff = run.differences(recipe)
     if diff == []:
         return 0.0
@@ -87,14 +106,20 @@ def launch(recipe: str, run: Run, log_dir: Path, threads: int = 1) -> float:
         shown = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
         print(f"{run.run_dir}: holds a run made with other settings ({shown}); training it again", flush=True)
     want = run.fingerprint(recipe)
+    resume = run.resumable(recipe)
     log_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "uda_perturb", "train", recipe, "--run-dir", str(run.run_dir), "--no-progress",
-           "--overwrite"]
+    cmd = [sys.executable, "-m", "uda_perturb", "train", recipe, "--run-dir", str(run.run_dir), "--no-progress"]
+    if resume:
+        cmd.append("--resume")
+    else:  # cleared here (a folder holding files no run writes is refused), then marked as started for this run
+        clear_run(run.run_dir)
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        (run.run_dir / STARTED).write_text(json.dumps(want, indent=1))
     for o in run.overrides + [f"seed={run.seed}"]:
         cmd += ["--set", o]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     start = time.time()
-    with open(log_dir / f"{run.run_dir.name}.log", "w") as log:
+    with open(log_dir / f"{run.run_dir.name}.log", "a" if resume else "w") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"run {run.run_dir.name} failed (exit {proc.returncode}); see {log_dir}")
@@ -102,14 +127,39 @@ def launch(recipe: str, run: Run, log_dir: Path, threads: int = 1) -> float:
     return time.time() - start
 
 
+def start_weights(run: Run) -> Optional[str]:
+    """The ``model.weights`` a run starts from (its last such override), ``None`` when it has none."""
+    found = [o.split("=", 1)[1] for o in run.overrides if o.startswith("model.weights=")]
+    return found[-1] if found else None
+
+
 def run_all(recipe: str, runs: Sequence[Run], jobs: int, log_dir: Path, threads: int = 1) -> float:
     """Run everything, ``jobs`` at a time with ``threads`` torch threads each, printing one line per run as it
-    finishes; returns the wall time."""
+    finishes; returns the wall time. A run that starts from the weights another run of the list writes (an
+    adaptation run and its warm start) waits for that run only, so no core idles while the last warm start
+    trains; such a run must come after the one it waits for."""
+    made_by = {str(r.run_dir / "segmentor.pt"): i for i, r in enumerate(runs)}
+    needs: list[Optional[int]] = []
+    for i, r in enumerate(runs):
+        dep = made_by.get(str(start_weights(r)))
+        if dep is not None and dep >= i:
+            raise ValueError(f"{r.run_dir.name} starts from {runs[dep].run_dir.name}, which comes after it in the list")
+        needs.append(dep)
+    futures: list[Future] = []
+
+    def task(i: int) -> float:
+        dep = needs[i]
+        if dep is not None:  # submitted earlier, so a worker holds it or has finished it: no deadlock
+            futures[dep].result()  # re-raises its failure
+        return launch(recipe, runs[i], log_dir, threads)
+
     start = time.time()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(launch, recipe, r, log_dir, threads): r for r in runs}
+        for i in range(len(runs)):
+            futures.append(pool.submit(task, i))
+        index = {f: i for i, f in enumerate(futures)}
         for k, fut in enumerate(as_completed(futures), 1):
-            seconds, r = fut.result(), futures[fut]
+            seconds, r = fut.result(), runs[index[fut]]
             what = f"trained in {seconds:.0f} s" if seconds else "already there with these settings"
             print(f"[{k}/{len(runs)}] {r.label} (seed {r.seed}, {r.run_dir.name}): {what}", flush=True)
     return time.time() - start

@@ -128,8 +128,9 @@ class Protocol:
         return str(self.setup["recipe"])
 
     def common(self) -> list[str]:
-        """Overrides of every run: no checkpoints or evaluation during training, the setup's data protocol."""
-        out = ["data.num_workers=0", "train.checkpoint_every=0", "train.eval_every=0", *self.setup["overrides"],
+        """Overrides of every run: a checkpoint every 50 iterations (a run cut off continues from it when the
+        benchmark is restarted), no evaluation during training, the setup's data protocol."""
+        out = ["data.num_workers=0", "train.checkpoint_every=50", "train.eval_every=0", *self.setup["overrides"],
                *self.extra]
         if self.quick and self.dataset == "synthetic":
             out += ["data.eval.target_test.options.length=8", "data.eval.source_test.options.length=8"]

@@ -7,10 +7,10 @@ import shutil
 from pathlib import Path
 
 CHECKPOINT = "checkpoint.pt"
-# Everything a run writes into its folder (fingerprint.json: a benchmark's record of the run's settings);
-# ``--overwrite`` removes these and refuses a folder holding more.
+# Everything a run writes into its folder (fingerprint*.json: a benchmark's record of the settings of the run it
+# started and finished there); ``--overwrite`` removes these and refuses a folder holding more.
 RUN_FILES = ("config.yaml", "metrics.jsonl", CHECKPOINT, "results.json", "segmentor.pt", "class_weights.json",
-             "fingerprint.json")
+             "fingerprint.json", "fingerprint.started.json")
 RUN_DIRS = ("tb",)
 
 
