@@ -14,6 +14,20 @@ def tiny_config(method="source_only", *extra):
     return load_config("synthetic_demo", TINY + [f"method.name={method}", *extra])
 
 
+def die_during_step(trainer, n: int) -> None:
+    """Make ``trainer.fit()`` raise KeyboardInterrupt on its ``n``-th step, as a run killed mid-step (SIGKILL)
+    leaves its folder: the iterations before logged, the last checkpoint on disk."""
+    original, calls = trainer.train_step, []
+
+    def step(*a):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return original(*a)
+
+    trainer.train_step = step
+
+
 def method_options(method: str) -> str:
     """Small discriminators for the adversarial methods; the others take no options here."""
     return "method.options={ndf: 4}" if method in ("apoda", "adaptsegnet", "advent") else "method.options={}"

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from helpers import TINY
+from helpers import TINY, die_during_step
 
 from uda_perturb.bench.compare import main as compare_main
 from uda_perturb.bench.report import ResultsExistError, check_replace, results_folder
@@ -89,15 +89,7 @@ def test_a_run_cut_off_continues_from_its_checkpoint_and_ends_as_if_never_stoppe
     torch.set_num_threads(1)  # the benchmark's subprocesses run one thread: same bits
     try:
         trainer = Trainer(load_config("synthetic_demo", cut.overrides + ["seed=0"]), cut.run_dir, progress=False)
-        original, calls = trainer.train_step, []
-
-        def step(*a):
-            calls.append(1)
-            if len(calls) == 4:
-                raise KeyboardInterrupt
-            return original(*a)
-
-        trainer.train_step = step
+        die_during_step(trainer, 4)
         with pytest.raises(KeyboardInterrupt):
             trainer.fit()
     finally:

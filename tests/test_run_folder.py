@@ -7,7 +7,7 @@ import signal
 
 import pytest
 import torch
-from helpers import tiny_config
+from helpers import die_during_step, tiny_config
 
 from uda_perturb.cli import main
 from uda_perturb.engine import Trainer
@@ -47,15 +47,7 @@ def test_resume_logs_truncates_metrics_and_sums_train_seconds(tmp_path, capsys):
     run = tmp_path / "r"
     extra = ["train.iters=6", "train.checkpoint_every=2"]
     t = Trainer(tiny_config("source_only", *extra), run, progress=False)
-    original, calls = t.train_step, []
-
-    def step(*a):  # die (as after a SIGKILL) after iteration 3 was logged, with the checkpoint at 2
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return original(*a)
-
-    t.train_step = step
+    die_during_step(t, 4)  # after iteration 3 was logged, with the checkpoint at 2
     with pytest.raises(KeyboardInterrupt):
         t.fit()
     assert [r["iteration"] for r in records(run)] == [1, 2, 3]
