@@ -40,8 +40,8 @@ TESTS = {
     "uda_perturb/data/label_maps.py": ["tests/test_behaviour_pins.py::test_label_id_tables_entry_by_entry",
                                        "tests/test_behaviour_pins.py::test_ignore_is_255_in_every_table_and_in_the_lookup",
                                        "tests/test_datasets.py"],
-    "uda_perturb/perturb.py": ["tests/test_perturb.py", "tests/test_defenses.py", "tests/test_controls.py",
-                               "tests/test_behaviour_pins.py"],
+    "uda_perturb/perturb.py": ["tests/test_perturb_settings.py", "tests/test_perturb.py", "tests/test_defenses.py",
+                               "tests/test_controls.py", "tests/test_behaviour_pins.py"],
     "uda_perturb/attacks.py": ["tests/test_perturb.py", "tests/test_controls.py", "tests/test_defenses.py",
                                "tests/test_registry.py"],
     "uda_perturb/defenses.py": ["tests/test_defenses.py", "tests/test_perturb.py", "tests/test_behaviour_pins.py"],
@@ -65,9 +65,11 @@ def tests_for(module: str) -> list[str]:
     return hits or ["tests"]
 
 
-def sync_clone(clone: Path) -> None:
-    """Make ``clone`` a checkout of the repository's current commit. Its mutmut cache (a resumable record of
-    tested mutants) is kept only while the commit is the same: results against older tests would be stale."""
+def sync_clone(clone: Path, fresh: bool = False) -> None:
+    """Make ``clone`` a checkout of the repository's current commit. Its mutmut cache is kept unless ``fresh``:
+    mutmut itself drops the mutants of changed source lines and retests every survivor when the tests change,
+    while a killed mutant stays killed (tests are added, not weakened), so a rerun after new tests costs only
+    the survivors."""
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                           check=True).stdout.strip()
     if not (clone / ".git").is_dir():
@@ -76,6 +78,7 @@ def sync_clone(clone: Path) -> None:
     if current != head:
         subprocess.run(["git", "fetch", "-q", str(ROOT), head], cwd=clone, check=True)
         subprocess.run(["git", "reset", "-q", "--hard", head], cwd=clone, check=True)
+    if fresh:
         (clone / ".mutmut-cache").unlink(missing_ok=True)
 
 
@@ -146,6 +149,7 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per module")
     ap.add_argument("--jobs", type=int, default=2, help="modules mutated in parallel, one scratch clone each")
     ap.add_argument("--name", default="mutation")
+    ap.add_argument("--fresh", action="store_true", help="forget the mutants killed by earlier runs")
     ap.add_argument("--no-fork-server", action="store_true",
                     help="start a fresh interpreter per mutant (about 10x slower; the fork server's check)")
     add_results_options(ap)
@@ -157,7 +161,7 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     modules = args.modules or configured_modules()
     clones = [Path(args.work_dir).resolve() / f"clone{j}" for j in range(max(1, min(args.jobs, len(modules))))]
     for clone in clones:  # one clone per job: mutmut edits files in place and keeps its cache in the clone
-        sync_clone(clone)
+        sync_clone(clone, args.fresh)
 
     def job(j: int) -> list[dict]:
         done = []
