@@ -77,7 +77,10 @@ def sync_clone(clone: Path, fresh: bool = False) -> None:
     current = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout.strip()
     if current != head:
         subprocess.run(["git", "fetch", "-q", str(ROOT), head], cwd=clone, check=True)
-        subprocess.run(["git", "reset", "-q", "--hard", head], cwd=clone, check=True)
+    # always: a run stopped mid-mutant leaves that mutant written into the source (and mutmut's .bak beside it)
+    subprocess.run(["git", "reset", "-q", "--hard", head], cwd=clone, check=True)
+    for backup in clone.rglob("*.py.bak"):
+        backup.unlink()
     if fresh:
         (clone / ".mutmut-cache").unlink(missing_ok=True)
 
