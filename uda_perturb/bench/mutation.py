@@ -14,12 +14,14 @@ import argparse
 import configparser
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from .report import add_results_options, check_replace, environment, results_folder, write_results
 
@@ -87,6 +89,64 @@ def sync_clone(clone: Path, fresh: bool = False) -> None:
 
 FORK_RUNNER = Path(__file__).with_name("fork_runner.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+# process groups started here (mutmut with its worker and test processes, fork servers with their children):
+# stopped together when the script ends or is stopped, or an orphaned mutmut worker goes on writing mutants
+# into a clone a later run uses
+GROUPS: set[int] = set()
+
+
+def start_group(cmd: Sequence[str], cwd: Path) -> subprocess.Popen:
+    """Start ``cmd`` in its own process group, registered for :func:`stop_groups`."""
+    proc = subprocess.Popen(list(cmd), cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    GROUPS.add(proc.pid)
+    return proc
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """Kill ``proc``'s whole process group (nothing of it outlives the call) and reap ``proc``."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    GROUPS.discard(proc.pid)
+
+
+def stop_groups(signum: int = 0, frame: object = None) -> None:
+    """Kill every process group still registered (the handler of SIGTERM / SIGINT, then exit 128 + signum)."""
+    for pgid in list(GROUPS):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if signum:
+        os._exit(128 + signum)
+
+
+def run_in_group(cmd: Sequence[str], cwd: Path, timeout: float, progress: Callable[[], int],
+                 stall: float = 600.0, restarts: int = 3) -> None:
+    """Run ``cmd`` in its own process group for at most ``timeout`` seconds, then kill what is left of it. When
+    ``progress()`` (mutants tested so far) stands still for ``stall`` seconds the group is killed and ``cmd``
+    started again: mutmut 2 waits forever on a worker process that died, and its cache keeps what was done."""
+    deadline = time.monotonic() + timeout
+    for _ in range(restarts + 1):
+        proc = start_group(cmd, cwd)
+        last, since, stalled = progress(), time.monotonic(), False
+        try:
+            while proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(5)
+                now = progress()
+                if now != last:
+                    last, since = now, time.monotonic()
+                stalled = time.monotonic() - since > stall
+                if stalled:
+                    print(f"{' '.join(cmd[:4])}: no mutant finished in {stall:.0f} s; restarting", flush=True)
+                    break
+        finally:
+            stop_group(proc)
+        if not stalled:
+            return
 
 
 @contextmanager
@@ -94,15 +154,11 @@ def fork_server(clone: Path) -> Iterator[Optional[str]]:
     """A :mod:`fork_runner` server for ``clone`` while the block runs; yields the client command prefix."""
     sock = str(clone / ".fork_runner.sock")
     drop_bytecode(clone)
-    server = subprocess.Popen([sys.executable, str(FORK_RUNNER), "serve", sock], cwd=clone, env=ENV)
+    server = start_group([sys.executable, str(FORK_RUNNER), "serve", sock], clone)
     try:
         yield f"{sys.executable} {FORK_RUNNER} client {sock}"
     finally:
-        subprocess.run([sys.executable, str(FORK_RUNNER), "stop", sock], cwd=clone, capture_output=True)
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_group(server)
 
 
 def drop_bytecode(root: Path) -> None:
@@ -117,9 +173,10 @@ def run_module(clone: Path, module: str, tests: Sequence[str], timeout: int, cli
     runner = (client or "python -m pytest") + " -x -q -p no:cacheprovider " + " ".join(tests)
     # a fixed allowance on top of twice the unmutated run: a forked run takes about a second, and a slow start
     # on a busy machine must not count as a timeout
-    subprocess.run(["mutmut", "run", "--paths-to-mutate", module, "--runner", runner, "--no-progress",
-                    "--test-time-base", "15"], cwd=clone, env=ENV, timeout=timeout, capture_output=True)
-    status = mutant_status(clone / ".mutmut-cache", module)
+    cache = clone / ".mutmut-cache"
+    run_in_group(["mutmut", "run", "--paths-to-mutate", module, "--runner", runner, "--no-progress",
+                  "--test-time-base", "15"], clone, timeout, lambda: tested_so_far(cache, module))
+    status = mutant_status(cache, module)
     survivors = [i for i, s in status.items() if s == "bad_survived"]
     diffs = {i: subprocess.run(["mutmut", "show", str(i)], cwd=clone, capture_output=True, text=True).stdout
              for i in survivors}
@@ -132,12 +189,22 @@ def run_module(clone: Path, module: str, tests: Sequence[str], timeout: int, cli
             "score": round(100.0 * (tested - len(survivors)) / tested, 1) if tested else None, "survivors": diffs}
 
 
+def tested_so_far(cache: Path, module: str) -> int:
+    """How many of ``module``'s mutants have a result in the cache (-1 while it cannot be read)."""
+    import sqlite3
+
+    try:
+        return sum(s != "untested" for s in mutant_status(cache, module).values())
+    except sqlite3.Error:
+        return -1
+
+
 def mutant_status(cache: Path, module: str) -> dict[int, str]:
     """``{mutant id: status}`` of ``module``'s mutants in mutmut 2's sqlite cache (``ok_killed``,
     ``bad_survived``, ``bad_timeout``, ``ok_suspicious``, ``untested``, ``skipped``)."""
     import sqlite3
 
-    with sqlite3.connect(cache) as db:
+    with sqlite3.connect(f"file:{cache}?mode=ro", uri=True) as db:  # never creates the file
         rows = db.execute("SELECT Mutant.id, Mutant.status FROM Mutant JOIN Line ON Mutant.line = Line.id "
                           "JOIN SourceFile ON Line.sourcefile = SourceFile.id WHERE SourceFile.filename = ?",
                           (module,)).fetchall()
@@ -161,6 +228,8 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
         raise SystemExit('mutation testing needs mutmut 2: pip install ".[mutation]"')
     out = results_folder(args, results_dir)
     check_replace(args, out, args.name)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop_groups)
     modules = args.modules or configured_modules()
     clones = [Path(args.work_dir).resolve() / f"clone{j}" for j in range(max(1, min(args.jobs, len(modules))))]
     for clone in clones:  # one clone per job: mutmut edits files in place and keeps its cache in the clone
