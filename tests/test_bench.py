@@ -107,7 +107,8 @@ def test_mutation_runs_every_configured_module_against_existing_test_files():
         assert all((ROOT / t.split("::")[0]).is_file() for t in tests), (module, tests)
         for node in (t for t in tests if "::" in t):  # a renamed test function would be as silent
             assert f"def {node.split('::')[1]}(" in (ROOT / node.split("::")[0]).read_text(), node
-    assert tests_for("uda_perturb/perturb.py")[:2] == ["tests/test_perturb_settings.py", "tests/test_perturb.py"]
+    assert tests_for("uda_perturb/perturb.py")[:3] == ["tests/test_perturb_settings.py", "tests/test_perturb_steps.py",
+                                                       "tests/test_perturb.py"]
 
 
 def test_every_setup_resolves_for_every_method_it_lists(tmp_path):

@@ -57,3 +57,74 @@ def test_argument_errors_in_full():
         Perturber(norm="l1")
     with pytest.raises(ValueError, match=r"^eps_mode must be one of \('absolute', 'relative'\), got 'x'$"):
         Perturber(eps_mode="x")
+
+
+def test_more_argument_errors_in_full():
+    import re
+
+    from uda_perturb.models.discriminators import DISCRIMINATOR_INPUTS
+
+    for kwargs, text in [({"eps": 0}, "eps must be positive, got 0"),
+                         ({"steps": 1.5}, "steps must be a positive integer, got 1.5"),
+                         ({"steps": 0}, "steps must be a positive integer, got 0"),
+                         ({"alpha": 0}, "alpha must be positive, got 0"),
+                         ({"bn_mode": "train"}, "bn_mode must be 'eval' or 'batch', got 'train'"),
+                         ({"discriminator_input": "x"},
+                          f"discriminator_input must be one of {DISCRIMINATOR_INPUTS}, got 'x'")]:
+        with pytest.raises(ValueError, match="^" + re.escape(text) + "$"):
+            Perturber(**kwargs)
+
+
+def identity(f):
+    return f
+
+
+@pytest.mark.parametrize("call, error, text", [
+    (lambda p: p.perturb(torch.zeros(2, 3, 4), identity), ValueError,
+     "features must be a B x C x h x w tensor, got (2, 3, 4)"),
+    (lambda p: p.perturb([1.0], identity), ValueError, "features must be a B x C x h x w tensor, got list"),
+    (lambda p: p.perturb(torch.zeros(2, 3, 4, 4, dtype=torch.long), identity), TypeError,
+     "features must be floating point, got torch.int64"),
+    (lambda p: p.perturb(torch.full((2, 3, 4, 4), float("nan")), identity), ValueError,
+     "features contain NaN or Inf; refusing to perturb them"),
+    (lambda p: p.perturb(torch.zeros(2, 3, 4, 4), identity, domain="x"), ValueError,
+     "domain must be one of ('source', 'target'), got 'x'"),
+    (lambda p: p.perturb(torch.zeros(2, 3, 4, 4), identity, labels=torch.zeros(3, 4, 4, dtype=torch.long)),
+     ValueError, "labels must be B x H x W with B=2, got (3, 4, 4)"),
+    (lambda p: p.perturb(torch.zeros(2, 3, 4, 4), identity, labels=torch.zeros(2, 4, 4)), TypeError,
+     "labels must be an integer tensor, got torch.float32"),
+    (lambda p: p.perturb(torch.zeros(2, 3, 4, 4), identity, labels=torch.full((2, 4, 4), 3)), ValueError,
+     "labels hold values [3] outside [0, 3) other than the ignore index 255"),
+    (lambda p: p.perturb(torch.zeros(1, 3, 4, 4), identity, labels=torch.arange(3, 19).view(1, 4, 4)), ValueError,
+     "labels hold values [3, 4, 5, 6, 7, 8, 9, 10, 11, 12] outside [0, 3) other than the ignore index 255"),
+    (lambda p: Perturber(["random", "classifier"]).perturb(torch.ones(2, 3, 4, 4), identity), ValueError,
+     "control perturbation 'random' replaces the attacks: use it alone, not with ['classifier']"),
+    (lambda p: Perturber(["discriminator"]).perturb(torch.ones(2, 3, 4, 4), identity), ValueError,
+     "attack 'discriminator' needs a discriminator: pass discriminator=..."),
+    (lambda p: Perturber(defenses="ce").perturb(torch.ones(2, 3, 4, 4), identity, domain="target"), ValueError,
+     "defense 'ce' needs labels (source data); use 'kl', 'entropy' or 'pseudo_ce' on target data"),
+])
+def test_input_errors_in_full(call, error, text):
+    import re
+
+    with pytest.raises(error, match="^" + re.escape(text) + "$"):
+        call(Perturber())
+
+
+def test_default_terms_follow_the_discriminator_and_the_domain_on_one_perturber():
+    p = Perturber()
+    assert [t.name for t in p._attacks_for(None)] == ["classifier"]
+    assert [t.name for t in p._attacks_for(torch.nn.Identity())] == ["classifier", "discriminator"]
+    assert [t.name for t in p._attacks_for(None)] == ["classifier"]
+    assert [t.name for t in p._defenses_for("source")] == ["ce"]
+    assert [t.name for t in p._defenses_for("target")] == ["kl"]
+
+
+def test_perturb_and_defend_defaults():
+    import inspect
+
+    from uda_perturb import perturb_and_defend
+
+    params = inspect.signature(perturb_and_defend).parameters
+    assert (params["eps"].default, params["steps"].default, params["domain"].default) == (0.1, 1, "source")
+    assert inspect.signature(Perturber.perturb).parameters["measure"].default is False
