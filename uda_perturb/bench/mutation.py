@@ -48,8 +48,9 @@ TESTS = {
     "uda_perturb/attacks.py": ["tests/test_perturb.py", "tests/test_controls.py", "tests/test_defenses.py",
                                "tests/test_registry.py"],
     "uda_perturb/defenses.py": ["tests/test_defenses.py", "tests/test_perturb.py", "tests/test_behaviour_pins.py"],
-    "uda_perturb/methods/perturbation_addon.py": ["tests/test_behaviour_pins.py", "tests/test_methods.py",
-                                                  "tests/test_dacs.py", "tests/test_self_training.py"],
+    "uda_perturb/methods/perturbation_addon.py": ["tests/test_perturbation_addon.py", "tests/test_behaviour_pins.py",
+                                                  "tests/test_methods.py", "tests/test_dacs.py",
+                                                  "tests/test_self_training.py"],
 }
 
 

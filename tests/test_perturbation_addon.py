@@ -1,0 +1,104 @@
+"""The perturbation add-on by value: each side's perturber gets its own attacks and defenses, the main
+discriminator joins the attack unless ``use_discriminator=False``, a side with weight 0 is skipped (and only
+it), class weights reach the source CE defense (and the mixed one only with ``mix_class_weights``), its
+statistics, ``needs_target``, and the discriminator's loss on perturbed predictions with ``d_on_perturbed``."""
+import torch
+import torch.nn.functional as F
+from helpers import tiny_config
+
+import uda_perturb as up
+import uda_perturb.engine  # noqa: F401  (up.engine.build_model)
+from uda_perturb.losses import upsample
+from uda_perturb.methods import build_method
+from uda_perturb.methods.perturbation_addon import PerturbationAddon
+
+
+def setup(addon, seed=0):
+    """A tiny AdaptSegNet with the add-on and one step's state, a self-training (mixed) side included."""
+    torch.manual_seed(seed)
+    cfg = tiny_config("adaptsegnet", "method.options={ndf: 4}")
+    method = build_method("adaptsegnet", up.engine.build_model(cfg), [addon], {"ndf": 4})
+    xs, ys = torch.randn(2, 3, 32, 48), torch.randint(0, 9, (2, 32, 48))
+    state = method.forward_domains({"image": xs, "label": ys}, {"image": torch.randn(2, 3, 32, 48)})
+    state.mixed, state.mixed_labels, state.mixed_weights = state.source, ys, torch.ones(2, 32, 48)
+    return method, state
+
+
+def direct(method, state, seed=1, disc=True, **kw):
+    """``perturb_and_defend`` on the source side, called directly with the add-on's seed and settings."""
+    torch.manual_seed(seed)
+    return up.perturb_and_defend(state.source.features, method.segmentor.classifier, labels=state.labels,
+                                 domain="source", discriminator=method.discriminators["main"] if disc else None,
+                                 discriminator_input=method.discriminator_space, clean_logits=state.source.logits,
+                                 eps=0.2, **kw)
+
+
+def test_the_main_discriminator_joins_the_attack_unless_switched_off():
+    for use in (True, False):
+        method, state = setup({"name": "perturbation", "eps": 0.2, "use_discriminator": use})
+        torch.manual_seed(1)
+        losses, _ = method.addons[0](method, state)
+        ref = direct(method, state, disc=use)
+        torch.testing.assert_close(method.addons[0]._perturbed["source"], ref.perturbed)
+        torch.testing.assert_close(losses["def_source"], ref.loss)
+    assert PerturbationAddon().use_discriminator and not PerturbationAddon().d_on_perturbed
+
+
+def test_each_side_gets_its_own_attacks_and_defenses():
+    addon = PerturbationAddon(source_attacks=["classifier"], target_attacks=["entropy"],
+                              source_defenses=["ce"], target_defenses=["entropy"])
+    src, tgt = addon._perturber("source", "softmax"), addon._perturber("target", "softmax")
+    assert [t.name for t in src.attack_terms] == ["classifier"] and [t.name for t in tgt.attack_terms] == ["entropy"]
+    assert [t.name for t in src.defense_terms] == ["ce"] and [t.name for t in tgt.defense_terms] == ["entropy"]
+    assert src.discriminator_input == "softmax" and addon._perturber("source", "entropy") is not src
+
+
+def test_a_side_with_weight_zero_is_skipped_and_only_it():
+    method, state = setup({"name": "perturbation", "lambda_target": 0.0})
+    losses, stats = method.addons[0](method, state)
+    assert set(losses) == {"def_source", "def_mixed"}
+    assert set(stats) == {"source_norm", "source_moved", "mixed_norm", "mixed_moved"}
+    assert not method.addons[0].needs_target and PerturbationAddon(lambda_target=0.1).needs_target
+
+
+def test_class_weights_reach_the_source_ce_and_the_mixed_one_only_when_the_method_weighs_it():
+    method, state = setup({"name": "perturbation", "eps": 0.2, "lambda_target": 0.0})
+    w = torch.linspace(0.5, 2.0, 9)
+    method.set_class_weights(w)
+    torch.manual_seed(1)
+    losses, _ = method.addons[0](method, state)
+    ref = direct(method, state, class_weights=method.class_weights)
+    torch.testing.assert_close(losses["def_source"], ref.loss)
+    torch.manual_seed(1)
+    direct(method, state)  # the source side's draws, then the mixed side's: unweighted (no mix_class_weights)
+    mixed = up.perturb_and_defend(state.mixed.features, method.segmentor.classifier, labels=state.labels,
+                                  domain="source", discriminator=method.discriminators["main"],
+                                  discriminator_input=method.discriminator_space,
+                                  clean_logits=state.mixed.logits, pixel_weights=state.mixed_weights, eps=0.2)
+    torch.testing.assert_close(losses["def_mixed"], mixed.loss)
+
+
+def test_statistics_and_the_attack_gain_when_tracked():
+    method, state = setup({"name": "perturbation", "eps": 0.2, "track_attack_loss": True, "lambda_target": 0.0})
+    torch.manual_seed(1)
+    _, stats = method.addons[0](method, state)
+    ref = direct(method, state, track_attack_loss=True)
+    assert stats["source_norm"] == ref.stats.mean_norm and stats["source_moved"] == ref.stats.fraction_perturbed
+    assert stats["source_attack_gain"] == ref.stats.attack_loss_after - ref.stats.attack_loss_before
+
+
+def test_the_discriminator_learns_perturbed_predictions_only_with_d_on_perturbed():
+    method, state = setup({"name": "perturbation", "d_on_perturbed": True})
+    addon = method.addons[0]
+    assert addon.discriminator_losses(method, state) == {}  # before any step: nothing perturbed yet
+    addon(method, state)
+    disc = method.discriminators["main"]
+    views = [method.discriminator_view(addon._perturbed[d], upsample(addon._adv_logits[d], size))
+             for d, size in (("source", state.source_size), ("target", state.target_size))]
+    s, t = disc(views[0]), disc(views[1])
+    expected = (0.5 * F.binary_cross_entropy_with_logits(s, torch.zeros_like(s))
+                + 0.5 * F.binary_cross_entropy_with_logits(t, torch.ones_like(t)))
+    torch.testing.assert_close(addon.discriminator_losses(method, state)["d_perturbed"], expected)
+    off, off_state = setup({"name": "perturbation"})
+    off.addons[0](off, off_state)
+    assert off.addons[0].discriminator_losses(off, off_state) == {}
