@@ -124,7 +124,11 @@ def main(argv: Sequence[str]) -> int:
         return 0
     reply = request(path, {"cwd": os.getcwd(), "args": rest})
     code = int(reply) if reply.lstrip("-").isdigit() else 3
-    return code if code >= 0 else 1
+    with open(Path(os.getcwd()) / ".fork_runner.log", "a") as log:  # every run's status, for an audit
+        log.write(f"{time.strftime('%H:%M:%S')} {code} {' '.join(rest)}\n")
+    # mutmut 2 counts only exit status 1 as a killed mutant: a mutant that breaks collection (pytest's 2), a
+    # crash (3) or a killed child must count as killed too; "no tests collected" (5) stays a visible non-kill
+    return 0 if code == 0 else 5 if code == 5 else 1
 
 
 if __name__ == "__main__":  # pragma: no cover
