@@ -102,3 +102,24 @@ def test_the_discriminator_learns_perturbed_predictions_only_with_d_on_perturbed
     off, off_state = setup({"name": "perturbation"})
     off.addons[0](off, off_state)
     assert off.addons[0].discriminator_losses(off, off_state) == {}
+
+
+def test_the_mixed_ce_is_class_weighted_when_the_method_weighs_its_mixed_loss():
+    torch.manual_seed(0)
+    seg = up.build_segmentor("conv1x1", backbone="lite", num_classes=3, backbone_kwargs={"width": 8})
+    method = build_method("dacs", seg, [{"name": "perturbation", "eps": 0.2, "lambda_target": 0.0}],
+                          {"mix_class_weights": True})
+    method.set_class_weights(torch.tensor([0.5, 1.0, 2.0]))
+    xs, ys = torch.randn(2, 3, 16, 16), torch.randint(0, 3, (2, 16, 16))
+    state = method.forward_domains({"image": xs, "label": ys}, {"image": torch.randn(2, 3, 16, 16)})
+    torch.manual_seed(1)
+    losses, _ = method.addons[0](method, state)
+    f, w = method.segmentor.classifier, method.class_weights
+    torch.manual_seed(1)
+    up.perturb_and_defend(state.source.features, f, labels=ys, domain="source", eps=0.2,
+                          discriminator_input=method.discriminator_space, clean_logits=state.source.logits,
+                          class_weights=w)
+    mixed = up.perturb_and_defend(state.mixed.features, f, labels=state.mixed_labels, domain="source", eps=0.2,
+                                  discriminator_input=method.discriminator_space, clean_logits=state.mixed.logits,
+                                  class_weights=w, pixel_weights=state.mixed_weights)
+    torch.testing.assert_close(losses["def_mixed"], mixed.loss)

@@ -169,15 +169,18 @@ def drop_bytecode(root: Path) -> None:
         shutil.rmtree(cache, ignore_errors=True)
 
 
-def run_module(clone: Path, module: str, tests: Sequence[str], timeout: int, client: Optional[str] = None) -> dict:
-    """mutmut on one module in ``clone``; returns its counts and the surviving mutants' diffs. With ``client``
-    (a :func:`fork_server`'s command) each mutant's tests run in a fork of a process that has torch imported."""
+def run_module(clone: Path, module: str, tests: Sequence[str], timeout: int, client: Optional[str] = None,
+               run: bool = True) -> dict:
+    """mutmut on one module in ``clone`` (unless ``run`` is false: only read its cache); returns its counts and
+    the surviving mutants' diffs. With ``client`` (a :func:`fork_server`'s command) each mutant's tests run in a
+    fork of a process that has torch imported."""
     runner = (client or "python -m pytest") + " -x -q -p no:cacheprovider " + " ".join(tests)
     # a fixed allowance on top of twice the unmutated run: a forked run takes about a second, and a slow start
     # on a busy machine must not count as a timeout
     cache = clone / ".mutmut-cache"
-    run_in_group(["mutmut", "run", "--paths-to-mutate", module, "--runner", runner, "--no-progress",
-                  "--test-time-base", "15"], clone, timeout, lambda: tested_so_far(cache, module))
+    if run:
+        run_in_group(["mutmut", "run", "--paths-to-mutate", module, "--runner", runner, "--no-progress",
+                      "--test-time-base", "15"], clone, timeout, lambda: tested_so_far(cache, module))
     status = mutant_status(cache, module)
     survivors = [i for i, s in status.items() if s == "bad_survived"]
     diffs = {i: subprocess.run(["mutmut", "show", str(i)], cwd=clone, capture_output=True, text=True).stdout
@@ -203,14 +206,18 @@ def tested_so_far(cache: Path, module: str) -> int:
 
 def mutant_status(cache: Path, module: str) -> dict[int, str]:
     """``{mutant id: status}`` of ``module``'s mutants in mutmut 2's sqlite cache (``ok_killed``,
-    ``bad_survived``, ``bad_timeout``, ``ok_suspicious``, ``untested``, ``skipped``)."""
+    ``bad_survived``, ``bad_timeout``, ``ok_suspicious``, ``untested``, ``skipped``). A mutant not killed whose
+    status was recorded against other tests than the last run's counts as untested, as mutmut itself treats it:
+    a run stopped by its timeout leaves earlier runs' survivors unretested."""
     import sqlite3
 
     with sqlite3.connect(f"file:{cache}?mode=ro", uri=True) as db:  # never creates the file
-        rows = db.execute("SELECT Mutant.id, Mutant.status FROM Mutant JOIN Line ON Mutant.line = Line.id "
-                          "JOIN SourceFile ON Line.sourcefile = SourceFile.id WHERE SourceFile.filename = ?",
-                          (module,)).fetchall()
-    return {int(i): str(s) for i, s in rows}
+        rows = db.execute("SELECT Mutant.id, Mutant.status, Mutant.tested_against_hash FROM Mutant JOIN Line ON "
+                          "Mutant.line = Line.id JOIN SourceFile ON Line.sourcefile = SourceFile.id WHERE "
+                          "SourceFile.filename = ?", (module,)).fetchall()
+        current = db.execute("SELECT value FROM MiscData WHERE key = 'hash_of_tests'").fetchone()
+    tests_hash = current[0] if current else None
+    return {int(i): str(s) if s == "ok_killed" or h == tests_hash else "untested" for i, s, h in rows}
 
 
 def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = None) -> int:
@@ -222,6 +229,7 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     ap.add_argument("--jobs", type=int, default=2, help="modules mutated in parallel, one scratch clone each")
     ap.add_argument("--name", default="mutation")
     ap.add_argument("--fresh", action="store_true", help="forget the mutants killed by earlier runs")
+    ap.add_argument("--report-only", action="store_true", help="run nothing: write the results of the clones' caches")
     ap.add_argument("--no-fork-server", action="store_true",
                     help="start a fresh interpreter per mutant (about 10x slower; the fork server's check)")
     add_results_options(ap)
@@ -235,13 +243,15 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     modules = args.modules or configured_modules()
     clones = [Path(args.work_dir).resolve() / f"clone{j}" for j in range(max(1, min(args.jobs, len(modules))))]
     for clone in clones:  # one clone per job: mutmut edits files in place and keeps its cache in the clone
-        sync_clone(clone, args.fresh)
+        if not args.report_only:  # a report reads the clones as the run left them
+            sync_clone(clone, args.fresh)
 
     def job(j: int) -> list[dict]:
         done = []
-        with (nullcontext(None) if args.no_fork_server else fork_server(clones[j])) as client:
+        quiet = args.no_fork_server or args.report_only
+        with (nullcontext(None) if quiet else fork_server(clones[j])) as client:
             for module in modules[j::len(clones)]:
-                row = run_module(clones[j], module, tests_for(module), args.timeout, client)
+                row = run_module(clones[j], module, tests_for(module), args.timeout, client, not args.report_only)
                 print(f"{module}: {row['killed']} killed, {row['survived']} survived ({row['score']}%)",
                       flush=True)
                 done.append(row)
