@@ -186,15 +186,17 @@ def run_module(clone: Path, module: str, tests: Sequence[str], timeout: int, cli
         run_in_group(["mutmut", "run", "--paths-to-mutate", module, "--runner", runner, "--no-progress",
                       "--test-time-base", "15"], clone, timeout, lambda: tested_so_far(cache, module))
     status = mutant_status(cache, module)
-    survivors = [i for i, s in status.items() if s == "bad_survived"]
+    survivors = [i for i, s in status.items() if s in ("bad_survived", "stale_survived")]
     diffs = {i: subprocess.run(["mutmut", "show", str(i)], cwd=clone, capture_output=True, text=True).stdout
              for i in survivors}
     counts = {k: sum(s == k for s in status.values()) for k in ("ok_killed", "bad_survived", "bad_timeout",
-                                                                  "ok_suspicious", "untested", "skipped")}
-    tested = counts["ok_killed"] + counts["bad_survived"] + counts["bad_timeout"] + counts["ok_suspicious"]
+                                                                  "ok_suspicious", "untested", "skipped",
+                                                                  "stale_survived")}
+    tested = (counts["ok_killed"] + counts["bad_survived"] + counts["bad_timeout"] + counts["ok_suspicious"]
+              + counts["stale_survived"])
     return {"module": module, "tests": list(tests), "killed": counts["ok_killed"], "survived": len(survivors),
             "timed_out": counts["bad_timeout"], "suspicious": counts["ok_suspicious"],
-            "untested": counts["untested"], "total": tested,
+            "untested": counts["untested"], "not_retested": counts["stale_survived"], "total": tested,
             "score": round(100.0 * (tested - len(survivors)) / tested, 1) if tested else None, "survivors": diffs}
 
 
@@ -203,16 +205,16 @@ def tested_so_far(cache: Path, module: str) -> int:
     import sqlite3
 
     try:
-        return sum(s != "untested" for s in mutant_status(cache, module).values())
+        return sum(s not in ("untested", "stale_survived") for s in mutant_status(cache, module).values())
     except sqlite3.Error:
         return -1
 
 
 def mutant_status(cache: Path, module: str) -> dict[int, str]:
     """``{mutant id: status}`` of ``module``'s mutants in mutmut 2's sqlite cache (``ok_killed``,
-    ``bad_survived``, ``bad_timeout``, ``ok_suspicious``, ``untested``, ``skipped``). A mutant not killed whose
-    status was recorded against other tests than the last run's counts as untested, as mutmut itself treats it:
-    a run stopped by its timeout leaves earlier runs' survivors unretested."""
+    ``bad_survived``, ``bad_timeout``, ``ok_suspicious``, ``untested``, ``skipped``), and ``stale_survived``
+    for a mutant not killed whose status was recorded against other tests than the last run's: a run stopped by
+    its timeout leaves earlier survivors unretested, and they count as surviving until a run kills them."""
     import sqlite3
 
     with sqlite3.connect(f"file:{cache}?mode=ro", uri=True) as db:  # never creates the file
@@ -221,7 +223,8 @@ def mutant_status(cache: Path, module: str) -> dict[int, str]:
                           "SourceFile.filename = ?", (module,)).fetchall()
         current = db.execute("SELECT value FROM MiscData WHERE key = 'hash_of_tests'").fetchone()
     tests_hash = current[0] if current else None
-    return {int(i): str(s) if s == "ok_killed" or h == tests_hash else "untested" for i, s, h in rows}
+    return {int(i): str(s) if s in ("ok_killed", "untested") or h == tests_hash else "stale_survived"
+            for i, s, h in rows}
 
 
 def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = None) -> int:
@@ -271,10 +274,12 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
           f"One-line mutants of each module, run against the tests that import it; **{score}%** of {total} mutants "
           "killed overall (goal: 85%). Surviving mutants are listed with their diff: each is either a gap to close "
           "with a test or an equivalent mutant (same behaviour), marked as such when reviewed.", "",
-          "| module | tests | mutants tested | killed | survived | timed out | not reached (timeout) | score |",
+          "| module | tests | mutants tested | killed | survived (of which not retested against the newest tests) "
+          "| timed out | not reached (timeout) | score |",
           "|---|---|---|---|---|---|---|---|"]
     md += [f"| {r['module']} | {', '.join(Path(t).name for t in r['tests'])} | {r['total']} | {r['killed']} | "
-           f"{r['survived']} | {r['timed_out']} | {r['untested']} | {r['score']}% |" for r in rows]
+           f"{r['survived']} ({r['not_retested']}) | {r['timed_out']} | {r['untested']} | {r['score']}% |"
+           for r in rows]
     for r in rows:
         if r["survivors"]:
             md += ["", f"## Survivors in {r['module']}", ""]
