@@ -111,6 +111,29 @@ def test_mutation_runs_every_configured_module_against_existing_test_files():
                                                        "tests/test_perturb.py"]
 
 
+def test_a_mutation_clone_is_reset_to_the_commit_without_a_left_mutant_backup_or_bytecode(tmp_path):
+    """A run stopped mid-mutant leaves the mutant in the source, mutmut's ``.bak`` beside it and maybe bytecode:
+    the next sync must remove all three and keep the mutmut cache unless asked for a fresh one."""
+    from uda_perturb.bench.mutation import ENV, sync_clone
+
+    clone = tmp_path / "clone"
+    sync_clone(clone)
+    source = clone / "uda_perturb" / "perturb.py"
+    original = source.read_text()
+    source.write_text(original.replace("def ", "def mutant_", 1))
+    (clone / "uda_perturb" / "perturb.py.bak").write_text(original)
+    (clone / "uda_perturb" / "__pycache__").mkdir(exist_ok=True)
+    (clone / "uda_perturb" / "__pycache__" / "perturb.cpython.pyc").write_bytes(b"x")
+    (clone / ".mutmut-cache").write_text("cache")
+    sync_clone(clone)
+    assert source.read_text() == original  # the committed file back
+    assert not list(clone.rglob("*.py.bak")) and not list(clone.rglob("__pycache__"))
+    assert (clone / ".mutmut-cache").read_text() == "cache"
+    sync_clone(clone, fresh=True)
+    assert not (clone / ".mutmut-cache").exists()
+    assert ENV["PYTHONDONTWRITEBYTECODE"] == "1" and ENV["OMP_NUM_THREADS"] == "1"
+
+
 def test_every_setup_resolves_for_every_method_it_lists(tmp_path):
     """Each setup's warm start and adaptation runs load as configs (a typo in an override or method fails here,
     not an hour into a benchmark), and v3 adapts with the length and lr its learning curve chose."""

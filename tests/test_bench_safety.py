@@ -51,12 +51,17 @@ def _run(tmp_path, *extra):
     return Run("tiny", TINY + ["train.iters=1", "data.num_workers=0", *extra], tmp_path / "run", seed=0)
 
 
-def test_a_run_folder_is_reused_only_for_the_same_resolved_config(tmp_path, capsys):
+def test_a_run_folder_is_reused_only_for_the_same_resolved_config(tmp_path, capsys, monkeypatch):
     run = _run(tmp_path)
     assert run.differences("synthetic_demo") is None and not run.done("synthetic_demo")
     assert launch("synthetic_demo", run, tmp_path / "logs") > 0
     assert run.done("synthetic_demo")
+    calls = []
+    real = Run.fingerprint
+    monkeypatch.setattr(Run, "fingerprint", lambda self, recipe: calls.append(recipe) or real(self, recipe))
     assert launch("synthetic_demo", run, tmp_path / "logs") == 0.0  # reused
+    assert calls == ["synthetic_demo"]  # the config loaded and the weights hashed once per launch
+    monkeypatch.undo()
     other = _run(tmp_path, "train.lr=0.5")
     assert other.differences("synthetic_demo") == ["config.train.lr"]
     assert launch("synthetic_demo", other, tmp_path / "logs") > 0  # retrained, not reported from the old run

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from uda_perturb.engine import checkpoint
-from uda_perturb.engine.checkpoint import FORMAT, config_differences
+from uda_perturb.engine.checkpoint import FORMAT, config_differences, differing_keys
 
 
 def test_format_tag_and_the_keys_a_resume_may_change():
@@ -19,6 +19,15 @@ def test_format_tag_and_the_keys_a_resume_may_change():
     assert config_differences(saved, changed) == []
     changed["train"]["lr"], changed["data"]["batch_size"] = 0.2, 4
     assert config_differences(saved, changed) == ["data.batch_size", "train.lr"]
+
+
+def test_differing_keys_sorts_leaves_out_allowed_subtrees_and_counts_missing_keys():
+    a = {"b": {"x": 1, "y": [1, 2]}, "a": 1, "evalx": 0, "eval": {"size": 4}}
+    b = {"b": {"x": 2, "y": [1, 2]}, "a": 1, "evalx": 1, "eval": {"size": 8}, "new": 0, "unset": None}
+    # a key absent on one side differs from one present, unless it holds None; "evalx" is not under "eval"
+    assert differing_keys(a, b) == ["b.x", "eval.size", "evalx", "new"]
+    assert differing_keys(a, b, ("eval", "b.x")) == ["evalx", "new"]
+    assert differing_keys(a, a) == []
 
 
 def test_the_fault_hook_kills_at_the_nth_save_only_when_asked(tmp_path):

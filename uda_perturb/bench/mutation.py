@@ -90,12 +90,14 @@ def sync_clone(clone: Path, fresh: bool = False) -> None:
     subprocess.run(["git", "reset", "-q", "--hard", head], cwd=clone, check=True)
     for backup in clone.rglob("*.py.bak"):
         backup.unlink()
+    drop_bytecode(clone)  # runs here write none (ENV below; the fork server sets it too)
     if fresh:
         (clone / ".mutmut-cache").unlink(missing_ok=True)
 
 
 FORK_RUNNER = Path(__file__).with_name("fork_runner.py")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+# no bytecode: a same-size mutant written in the same second as the .pyc of the code before it could be shadowed
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 # process groups started here (mutmut with its worker and test processes, fork servers with their children):
 # stopped together when the script ends or is stopped, or an orphaned mutmut worker goes on writing mutants
 # into a clone a later run uses
@@ -160,7 +162,6 @@ def run_in_group(cmd: Sequence[str], cwd: Path, timeout: float, progress: Callab
 def fork_server(clone: Path) -> Iterator[Optional[str]]:
     """A :mod:`fork_runner` server for ``clone`` while the block runs; yields the client command prefix."""
     sock = str(clone / ".fork_runner.sock")
-    drop_bytecode(clone)
     server = start_group([sys.executable, str(FORK_RUNNER), "serve", sock], clone)
     try:
         yield f"{sys.executable} {FORK_RUNNER} client {sock}"
@@ -169,7 +170,7 @@ def fork_server(clone: Path) -> Iterator[Optional[str]]:
 
 
 def drop_bytecode(root: Path) -> None:
-    """Delete the clone's cached bytecode (a same-size mutant written in the same second could be shadowed)."""
+    """Delete the clone's cached bytecode, left by a checkout used before (see :data:`ENV`)."""
     for cache in list(root.rglob("__pycache__")):
         shutil.rmtree(cache, ignore_errors=True)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..engine.checkpoint import flatten
+from ..engine.checkpoint import differing_keys
 from ..engine.run_folder import clear_run
 
 PHOTOMETRIC_KEYS = ("data.source.transforms.photometric", "data.target.transforms.photometric")
@@ -63,22 +63,25 @@ class Run:
         weights = cfg["model"].get("weights")
         return {"config": cfg, "weights_sha256": file_sha256(Path(weights)) if weights else None}
 
-    def differences(self, recipe: str) -> Optional[list[str]]:
+    def differences(self, recipe: str, want: Optional[dict] = None) -> Optional[list[str]]:
         """``None`` when the folder holds no finished run; else the settings (dotted keys) in which the finished
-        run differs from this one (empty: it is this run)."""
+        run differs from this one (empty: it is this run). ``want``: this run's :meth:`fingerprint`, when the
+        caller has it already (it loads the config and hashes the start weights)."""
         if not (self.run_dir / "results.json").is_file():
             return None
         stored_file = self.run_dir / FINGERPRINT
         if not stored_file.is_file():
             return ["(no fingerprint: made before runs recorded their settings)"]
-        return fingerprint_differences(json.loads(stored_file.read_text()), self.fingerprint(recipe))
+        return differing_keys(json.loads(stored_file.read_text()), want or self.fingerprint(recipe), RESULT_NEUTRAL)
 
-    def resumable(self, recipe: str) -> bool:
-        """Whether the folder holds this very run cut off before its end, with a checkpoint to continue from."""
+    def resumable(self, recipe: str, want: Optional[dict] = None) -> bool:
+        """Whether the folder holds this very run cut off before its end, with a checkpoint to continue from
+        (``want`` as in :meth:`differences`)."""
         started = self.run_dir / STARTED
         return (not (self.run_dir / "results.json").is_file() and (self.run_dir / "checkpoint.pt").is_file()
                 and started.is_file()
-                and fingerprint_differences(json.loads(started.read_text()), self.fingerprint(recipe)) == [])
+                and differing_keys(json.loads(started.read_text()), want or self.fingerprint(recipe),
+                                   RESULT_NEUTRAL) == [])
 
     def done(self, recipe: str) -> bool:
         """Whether the folder holds this very run, finished (same resolved config, same start weights)."""
@@ -89,24 +92,18 @@ class Run:
         return json.loads((self.run_dir / "results.json").read_text())
 
 
-def fingerprint_differences(stored: dict, want: dict) -> list[str]:
-    """The dotted keys in which two fingerprints differ, :data:`RESULT_NEUTRAL` keys left out."""
-    a, b = flatten(stored), flatten(want)
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESULT_NEUTRAL)
-
-
 def launch(recipe: str, run: Run, log_dir: Path, threads: int = 1) -> float:
     """Train one run in a subprocess unless its folder holds this very run finished; continue it from its
     checkpoint when the folder holds this very run cut off; a folder holding a run made with other settings is
     retrained (the differing keys are printed). Returns the wall time in seconds."""
-    diff = run.differences(recipe)
+    want = run.fingerprint(recipe)
+    diff = run.differences(recipe, want)
     if diff == []:
         return 0.0
     if diff:
         shown = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
         print(f"{run.run_dir}: holds a run made with other settings ({shown}); training it again", flush=True)
-    want = run.fingerprint(recipe)
-    resume = run.resumable(recipe)
+    resume = run.resumable(recipe, want)
     log_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "uda_perturb", "train", recipe, "--run-dir", str(run.run_dir), "--no-progress"]
     if resume:

@@ -88,12 +88,17 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: d}
 
 
+def differing_keys(a: dict, b: dict, allowed: tuple[str, ...] = ()) -> list[str]:
+    """The sorted dotted keys in which two nested dicts differ, leaving out each key in ``allowed`` and the keys
+    under it (``"eval"`` allows ``eval.scales``)."""
+    fa, fb = flatten(a), flatten(b)
+    return [k for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)
+            and not any(k == r or k.startswith(r + ".") for r in allowed)]
+
+
 def config_differences(saved: dict, current: dict) -> list[str]:
     """Dotted keys whose values differ, other than those a resume may change."""
-    a, b = flatten(saved), flatten(current)
-    keys = sorted(set(a) | set(b))
-    return [k for k in keys if a.get(k) != b.get(k)
-            and not any(k == r or k.startswith(r + ".") for r in RESUMABLE_DIFFERENCES)]
+    return differing_keys(saved, current, RESUMABLE_DIFFERENCES)
 
 
 def read_torch_file(path: str | Path) -> Any:
