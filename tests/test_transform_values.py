@@ -26,12 +26,16 @@ def test_resize_keeps_height_and_width_apart_and_uses_the_plain_kernels():
     torch.testing.assert_close(out, F.interpolate(img[None], size=(4, 8), mode="bilinear", align_corners=False)[0])
 
 
-@pytest.mark.parametrize("size, shrink", [((4, 8), True), ((6, 8), True), ((4, 10), True), ((12, 20), False),
-                                          ((6, 10), False)])
+@pytest.mark.parametrize("size, shrink", [((4, 8), True), ((6, 8), True), ((4, 10), True), ((4, 14), True),
+                                          ((12, 20), False), ((6, 14), False), ((9, 10), False)])
 def test_bicubic_antialiases_only_when_shrinking_either_side_and_clips(size, shrink):
-    img = (torch.arange(60.0).view(1, 6, 10) % 2).expand(3, 6, 10).contiguous()  # stripes: the kernel shows
+    # texture along both axes: resizing one side alone shows its kernel (antialiased bicubic uses PIL's a = -0.5,
+    # the plain one a = -0.75, so even an enlarged side tells them apart)
+    img = torch.rand(3, 6, 10, generator=torch.Generator().manual_seed(0))
     out, _ = Resize(size, mode="bicubic")(img)
     ref = F.interpolate(img[None], size=size, mode="bicubic", align_corners=False, antialias=shrink)[0].clamp(0, 1)
+    other = F.interpolate(img[None], size=size, mode="bicubic", align_corners=False, antialias=not shrink)[0]
+    assert not torch.allclose(ref, other.clamp(0, 1))  # the case can tell the two apart
     torch.testing.assert_close(out, ref)
     assert out.min() >= 0 and out.max() <= 1
 

@@ -45,7 +45,8 @@ TESTS = {
                                        "tests/test_behaviour_pins.py::test_class_names_and_palettes_are_the_published_ones",
                                        "tests/test_datasets.py"],
     # the label-follow pins, normalisation round trips and dataset tests; not the slow whole-network files
-    "uda_perturb/data/transforms.py": ["tests/test_transform_values.py", "tests/test_behaviour_pins.py",
+    "uda_perturb/data/transforms.py": ["tests/test_transform_random.py", "tests/test_transform_values.py",
+                                       "tests/test_behaviour_pins.py",
                                        "tests/test_dacs.py", "tests/test_datasets.py"],
     "uda_perturb/perturb.py": ["tests/test_perturb_settings.py", "tests/test_perturb_steps.py", "tests/test_perturb.py",
                                "tests/test_defenses.py",
