@@ -105,3 +105,12 @@ def ddp_resume_worker(rank: int, world: int, port: int, run_dir: str, out: str, 
     if out:
         torch.save(trainer.method.state_dict(), os.path.join(out, f"rank{rank}.pt"))
     trainer.close()
+
+
+def raises_exactly(exc: type, text: str):
+    """``pytest.raises(exc)`` matching the whole message, literally (a changed or extended text fails)."""
+    import re
+
+    import pytest
+
+    return pytest.raises(exc, match="^" + re.escape(text) + "$")

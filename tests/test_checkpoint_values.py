@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import raises_exactly
 
 from uda_perturb.engine import checkpoint
 from uda_perturb.engine.checkpoint import (
@@ -97,19 +98,16 @@ def test_save_atomic_makes_missing_folders(tmp_path):
     assert path == tmp_path / "a" / "b" / "c.pt" and torch.equal(read_torch_file(path)["x"], torch.ones(2))
 
 
-def _raises_exactly(text):
-    return pytest.raises(CheckpointError, match="^" + re.escape(text) + "$")
-
-
 def test_read_torch_file_accepts_both_formats_and_refuses_others_with_their_reasons(tmp_path):
     legacy = tmp_path / "legacy.pt"
     torch.save({"x": torch.ones(1)}, legacy, _use_new_zipfile_serialization=False)
     assert legacy.read_bytes()[:1] == b"\x80" and torch.equal(read_torch_file(legacy)["x"], torch.ones(1))
-    with pytest.raises(FileNotFoundError, match="^" + re.escape(f"checkpoint not found: {tmp_path / 'no.pt'}") + "$"):
+    with raises_exactly(FileNotFoundError, f"checkpoint not found: {tmp_path / 'no.pt'}"):
         read_torch_file(tmp_path / "no.pt")
     foreign = tmp_path / "notes.pt"
     foreign.write_bytes(b"hello, not a checkpoint")
-    with _raises_exactly(f"checkpoint {foreign} is not a torch file (a run's checkpoint.pt or segmentor.pt)"):
+    with raises_exactly(CheckpointError,
+                        f"checkpoint {foreign} is not a torch file (a run's checkpoint.pt or segmentor.pt)"):
         read_torch_file(foreign)
     cut = tmp_path / "cut.pt"
     save_atomic({"x": torch.ones(100)}, cut)
@@ -119,26 +117,26 @@ def test_read_torch_file_accepts_both_formats_and_refuses_others_with_their_reas
     except Exception as exc:  # the first line of torch's own reason is quoted
         reason = str(exc).strip().splitlines()[0]
     assert reason and reason != "None"
-    with _raises_exactly(f"checkpoint {cut} is truncated or not a torch file ({reason})"):
+    with raises_exactly(CheckpointError, f"checkpoint {cut} is truncated or not a torch file ({reason})"):
         read_torch_file(cut)
     pickled = tmp_path / "pickled.pt"
     torch.save({"when": datetime.date(2026, 1, 1)}, pickled)
-    with _raises_exactly(f"checkpoint {pickled} holds objects other than tensors and plain containers; it was "
-                         "refused for safety (unpickling them could run code). Re-save it as a state dict of "
-                         "tensors"):
+    with raises_exactly(CheckpointError,
+                        f"checkpoint {pickled} holds objects other than tensors and plain containers; it was "
+                        "refused for safety (unpickling them could run code). Re-save it as a state dict of tensors"):
         read_torch_file(pickled)
 
 
 def test_a_state_dict_is_not_a_trainer_checkpoint_and_another_config_is_named(tmp_path):
     weights = save_atomic({"w": torch.ones(1)}, tmp_path / "segmentor.pt")
-    with _raises_exactly(f"checkpoint {weights} was not written by uda_perturb's trainer (no format "
-                         f"'uda_perturb-checkpoint-v1' record); a segmentor state dict loads with 'eval'/'predict'"):
+    with raises_exactly(CheckpointError, f"checkpoint {weights} was not written by uda_perturb's trainer (no format "
+                        f"'uda_perturb-checkpoint-v1' record); a segmentor state dict loads with 'eval'/'predict'"):
         load_checkpoint(weights)
     ckpt = save_atomic({"format": FORMAT, "config": {"train": {"lr": 0.1, "iters": 5}, "seed": 0}},
                        tmp_path / "checkpoint.pt")
     assert load_checkpoint(ckpt, {"train": {"lr": 0.1, "iters": 9}, "seed": 0})["format"] == FORMAT
-    with _raises_exactly(f"checkpoint {ckpt} comes from another config: seed: checkpoint 0 vs config 1; "
-                         "train.lr: checkpoint 0.1 vs config 0.2"):
+    with raises_exactly(CheckpointError, f"checkpoint {ckpt} comes from another config: seed: checkpoint 0 vs "
+                        "config 1; train.lr: checkpoint 0.1 vs config 0.2"):
         load_checkpoint(ckpt, {"train": {"lr": 0.2, "iters": 5}, "seed": 1})
 
 
@@ -153,7 +151,8 @@ def test_another_config_names_at_most_eight_keys(tmp_path):
 def test_a_segmentor_state_dict_must_be_non_empty_tensors(tmp_path):
     for bad in ({}, {"w": torch.ones(1), "step": 3}):
         path = save_atomic(bad, tmp_path / "w.pt")
-        with _raises_exactly(f"checkpoint {path} is neither a trainer checkpoint nor a segmentor state dict"):
+        with raises_exactly(CheckpointError,
+                            f"checkpoint {path} is neither a trainer checkpoint nor a segmentor state dict"):
             load_segmentor_state(path)
     ckpt = save_atomic({"format": FORMAT, "method": {"segmentor.w": torch.ones(1), "disc.w": torch.zeros(1)}},
                        tmp_path / "c.pt")
