@@ -2,10 +2,10 @@
 the state's source size, the multi-level (aux) mixed loss against a hand computation, channels-last inputs
 giving the losses of contiguous ones, and the error texts in full."""
 import inspect
-import re
 
 import pytest
 import torch
+from helpers import raises_exactly
 
 import uda_perturb as up
 from uda_perturb.losses import pixel_weighted_ce
@@ -73,7 +73,7 @@ def test_error_texts_in_full():
     _, small = batches(size=(2, 3, 8, 8))
     text = ("dacs mixes source and target images of one size: got (2, 3, 16, 16) and (2, 3, 8, 8); give both "
             "domains the same transforms.size")
-    with pytest.raises(ValueError, match="^" + re.escape(text) + "$"):
+    with raises_exactly(ValueError, text):
         method.forward_domains(source, small)
 
 

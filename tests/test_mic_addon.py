@@ -1,10 +1,10 @@
 """The MIC add-on's settings and edges by value: it needs target batches, the mask ratio and block size bounds
 and their error texts, its refusal of teacher-less methods and of states without pseudo-labels, the aux
 loss of a multi-level network, and channels-last teacher images giving the losses of contiguous ones."""
-import re
 
 import pytest
 import torch
+from helpers import raises_exactly
 
 import uda_perturb as up
 from uda_perturb.errors import ConfigError
@@ -19,9 +19,9 @@ def test_bounds_and_their_texts():
     MaskedImageConsistency(mask_ratio=0.0)
     MaskedImageConsistency(block_size=1)
     for ratio in (1.0, 1.5, -0.1):
-        with pytest.raises(ValueError, match=re.escape(f"mic mask_ratio must be in [0, 1), got {ratio}") + "$"):
+        with raises_exactly(ValueError, f"mic mask_ratio must be in [0, 1), got {ratio}"):
             MaskedImageConsistency(mask_ratio=ratio)
-    with pytest.raises(ValueError, match=r"^mic block_size must be positive, got 0$"):
+    with raises_exactly(ValueError, "mic block_size must be positive, got 0"):
         MaskedImageConsistency(block_size=0)
 
 

@@ -3,6 +3,7 @@ weight}``, modules, the ``*_weights`` overrides), the documented defaults, the s
 argument errors in full."""
 import pytest
 import torch
+from helpers import raises_exactly
 
 from uda_perturb import Perturber
 from uda_perturb.defenses import CrossEntropyDefense, KLDefense
@@ -60,8 +61,6 @@ def test_argument_errors_in_full():
 
 
 def test_more_argument_errors_in_full():
-    import re
-
     from uda_perturb.models.discriminators import DISCRIMINATOR_INPUTS
 
     for kwargs, text in [({"eps": 0}, "eps must be positive, got 0"),
@@ -71,7 +70,7 @@ def test_more_argument_errors_in_full():
                          ({"bn_mode": "train"}, "bn_mode must be 'eval' or 'batch', got 'train'"),
                          ({"discriminator_input": "x"},
                           f"discriminator_input must be one of {DISCRIMINATOR_INPUTS}, got 'x'")]:
-        with pytest.raises(ValueError, match="^" + re.escape(text) + "$"):
+        with raises_exactly(ValueError, text):
             Perturber(**kwargs)
 
 
@@ -105,9 +104,7 @@ def identity(f):
      "defense 'ce' needs labels (source data); use 'kl', 'entropy' or 'pseudo_ce' on target data"),
 ])
 def test_input_errors_in_full(call, error, text):
-    import re
-
-    with pytest.raises(error, match="^" + re.escape(text) + "$"):
+    with raises_exactly(error, text):
         call(Perturber())
 
 
