@@ -8,6 +8,7 @@ import torch
 from helpers import TINY, die_during_step
 
 from uda_perturb.bench.compare import main as compare_main
+from uda_perturb.bench.compare import results_stem
 from uda_perturb.bench.report import ResultsExistError, check_replace, results_folder
 from uda_perturb.bench.runner import FINGERPRINT, STARTED, Run, launch, run_all, start_weights
 from uda_perturb.config import load_config
@@ -41,9 +42,36 @@ def test_compare_refuses_before_training_anything(tmp_path):
     results.mkdir()
     (results / "compare_synthetic.json").write_text("{}")
     with pytest.raises(ResultsExistError, match="--force"):
-        compare_main(["--dataset", "synthetic", "--seeds", "0", "--methods", "source_only", "--aug", "off",
+        compare_main(["--dataset", "synthetic", "--methods", "source_only", "--aug", "off",
                       "--work-dir", str(tmp_path / "runs")], results_dir=results)
     assert not (tmp_path / "runs").exists()  # refused before any run started
+    assert (results / "compare_synthetic.json").read_text() == "{}"
+
+
+def test_a_seed_subset_has_its_own_results_stem_over_the_same_run_folder():
+    assert results_stem("compare_camvid", [0, 1, 2], explicit=False) == "compare_camvid"
+    assert results_stem("compare_camvid", [0], explicit=False) == "compare_camvid_seeds0"
+    assert results_stem("compare_camvid", [0, 2], explicit=False) == "compare_camvid_seeds0-2"
+    assert results_stem("compare_camvid", [2, 1, 0], explicit=False) == "compare_camvid_seeds2-1-0"
+    assert results_stem("mine", [0], explicit=True) == "mine"
+
+
+def test_a_partial_comparison_neither_replaces_nor_is_named_as_the_full_one(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "compare_synthetic.json").write_text("{}")
+    calls = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("uda_perturb.bench.compare.run_all", lambda recipe, runs, *a: calls.append(runs))
+        mp.setattr("uda_perturb.bench.compare.report", lambda args, protocol, out, agg, name, *a: calls.append(
+            (protocol.work.name, name)))
+        mp.setattr("uda_perturb.bench.compare.aggregate", lambda runs: {})
+        mp.setattr("uda_perturb.bench.compare.train_seconds", lambda runs: 0.0)
+        mp.setattr("uda_perturb.bench.compare.relative_cost", lambda runs, iters: {})
+        mp.setattr("uda_perturb.bench.compare.paired_differences", lambda runs, pairs, target: {})
+        compare_main(["--dataset", "synthetic", "--seeds", "0", "--methods", "source_only", "--aug", "off",
+                      "--work-dir", str(tmp_path / "runs")], results_dir=results)
+    assert calls[-1] == ("compare_synthetic", "compare_synthetic_seeds0")  # the full run folder, its own stem
     assert (results / "compare_synthetic.json").read_text() == "{}"
 
 

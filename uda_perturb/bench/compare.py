@@ -30,6 +30,8 @@ from .report import (
 from .runner import run_all, train_seconds
 from .setups import ARMS, DEFAULT_METHODS, METHODS, PAIRS, SETUPS, Protocol
 
+DEFAULT_SEEDS = (0, 1, 2)
+
 
 def build_parser(prog: str = "compare") -> argparse.ArgumentParser:
     """Command-line options of the comparison."""
@@ -38,7 +40,8 @@ def build_parser(prog: str = "compare") -> argparse.ArgumentParser:
     ap.add_argument("--methods", nargs="+", choices=list(METHODS),
                     help="source_only+targetBN is a control: source-only whose BatchNorm statistics also see "
                          "target batches, as every adversarial method's do (default: the setup's list)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS),
+                    help="a subset writes its own results stem (compare_<dataset>_seeds<...>) from the same runs")
     ap.add_argument("--aug", choices=["both", "off", "on"],
                     help="photometric augmentation (brightness/contrast/gamma) during all training (default: "
                          "both arms, or the setup's)")
@@ -53,8 +56,17 @@ def build_parser(prog: str = "compare") -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true", help="a few iterations, one seed: a smoke test")
     ap.add_argument("--work-dir", default="runs/bench")
     add_results_options(ap, quick_default=True)
-    ap.add_argument("--name", help="results file stem (default compare_<dataset>)")
+    ap.add_argument("--name", help="run folder and results file stem (default compare_<dataset>, plus _seeds<...> "
+                    "on the results for a seed subset)")
     return ap
+
+
+def results_stem(work_name: str, seeds: Sequence[int], explicit: bool) -> str:
+    """The results' file stem: the run folder's name, plus the seeds when they are not the full protocol's, so a
+    partial report can never be taken for (or replace) the full one; a ``--name`` the user chose is kept as is."""
+    if explicit or list(seeds) == list(DEFAULT_SEEDS):
+        return work_name
+    return f"{work_name}_seeds{'-'.join(str(s) for s in seeds)}"
 
 
 def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = None, prog: str = "compare") -> int:
@@ -62,8 +74,9 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     args = build_parser(prog).parse_args(argv)
     setup: dict[str, Any] = SETUPS[args.dataset]
     seeds = args.seeds[:1] if args.quick else args.seeds
-    name = args.name or f"compare_{args.dataset}" + ("_quick" if args.quick else "")
-    protocol = Protocol(args.dataset, Path(args.work_dir) / name,
+    work_name = args.name or f"compare_{args.dataset}" + ("_quick" if args.quick else "")
+    name = results_stem(work_name, seeds, explicit=bool(args.name) or args.quick)
+    protocol = Protocol(args.dataset, Path(args.work_dir) / work_name,
                         args.pretrain_iters or (20 if args.quick else setup["pretrain_iters"]),
                         args.iters or (10 if args.quick else setup["iters"]),
                         args.adapt_lr if args.adapt_lr is not None else setup["adapt_lr"],
