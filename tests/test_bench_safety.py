@@ -2,6 +2,10 @@
 continue a run cut off from its checkpoint, and start an adaptation run only once its warm start exists."""
 import argparse
 import json
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -10,7 +14,7 @@ from helpers import TINY, die_during_step
 from uda_perturb.bench.compare import main as compare_main
 from uda_perturb.bench.compare import results_stem
 from uda_perturb.bench.report import ResultsExistError, check_replace, results_folder
-from uda_perturb.bench.runner import FINGERPRINT, STARTED, Run, launch, run_all, start_weights
+from uda_perturb.bench.runner import FINGERPRINT, STARTED, Run, launch, lock_path, run_all, start_weights
 from uda_perturb.config import load_config
 from uda_perturb.engine import Trainer
 
@@ -98,6 +102,33 @@ def test_a_run_folder_is_reused_only_for_the_same_resolved_config(tmp_path, caps
     assert "lr: 0.5" in (tmp_path / "run" / "config.yaml").read_text()
     (tmp_path / "run" / FINGERPRINT).unlink()  # a folder from before fingerprints is not trusted
     assert not other.done("synthetic_demo")
+
+
+HOLD = "import fcntl, sys; fh = open(sys.argv[1], 'a'); fcntl.flock(fh, fcntl.LOCK_EX); print('held', flush=True); " \
+       "sys.stdin.read()"
+
+
+def test_a_run_another_process_holds_is_waited_for_then_reused_not_trained_twice(tmp_path, capsys):
+    run = Run("x", TINY + ["train.iters=1", "data.num_workers=0"], tmp_path / "work" / "r", seed=0)
+    run.run_dir.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(lock_path(run.run_dir))], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    result = []
+    waiter = threading.Thread(target=lambda: result.append(launch("synthetic_demo", run, tmp_path / "logs")))
+    waiter.start()
+    time.sleep(1.0)
+    assert waiter.is_alive() and result == []
+    # the other process finishes the run while this one waits
+    (run.run_dir / "results.json").write_text("{}")
+    (run.run_dir / FINGERPRINT).write_text(json.dumps(run.fingerprint("synthetic_demo")))
+    holder.stdin.close()
+    assert holder.wait(timeout=30) == 0
+    waiter.join(timeout=120)
+    assert result == [0.0]  # looked at the folder only once it was free: reused, not trained again
+    assert "another process is training this run; waiting for it" in capsys.readouterr().out
+    assert launch("synthetic_demo", run, tmp_path / "logs") == 0.0  # released: a later launch does not wait
+    assert lock_path(run.run_dir) == tmp_path / "work" / ".r.lock"  # beside the folder, which holds only run files
 
 
 def test_a_changed_warm_start_invalidates_the_runs_made_from_it(tmp_path):

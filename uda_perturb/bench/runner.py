@@ -13,9 +13,10 @@ import subprocess
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from ..engine.checkpoint import differing_keys
 from ..engine.run_folder import clear_run
@@ -92,10 +93,45 @@ class Run:
         return json.loads((self.run_dir / "results.json").read_text())
 
 
+def lock_path(run_dir: Path) -> Path:
+    """The lock file of a run folder: beside it, since a run folder holds only what a run writes."""
+    return run_dir.parent / f".{run_dir.name}.lock"
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold a run folder for this process. Two benchmark commands sharing a work folder (a comparison and an
+    ablation that reuses its runs) would otherwise train one run in one folder at once; the second waits here
+    until the first has finished the run (it then reuses it) or been cut off (it then resumes it). The OS
+    releases the lock when its holder dies, so it is never stale. Without ``fcntl`` (Windows) there is no lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - POSIX here
+        yield
+        return
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path(run_dir), "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{run_dir}: another process is training this run; waiting for it", flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def launch(recipe: str, run: Run, log_dir: Path, threads: int = 1) -> float:
     """Train one run in a subprocess unless its folder holds this very run finished; continue it from its
     checkpoint when the folder holds this very run cut off; a folder holding a run made with other settings is
-    retrained (the differing keys are printed). Returns the wall time in seconds."""
+    retrained (the differing keys are printed). The folder is held (:func:`run_lock`) from the check to the
+    end of training. Returns the wall time in seconds."""
+    with run_lock(run.run_dir):
+        return _launch_locked(recipe, run, log_dir, threads)
+
+
+def _launch_locked(recipe: str, run: Run, log_dir: Path, threads: int) -> float:
     want = run.fingerprint(recipe)
     diff = run.differences(recipe, want)
     if diff == []:
