@@ -143,6 +143,23 @@ def test_a_changed_warm_start_invalidates_the_runs_made_from_it(tmp_path):
     assert run.differences("synthetic_demo") == ["weights_sha256"]
 
 
+def test_a_work_folder_named_another_way_keeps_its_runs(tmp_path, monkeypatch):
+    (tmp_path / "w").mkdir()
+    weights = tmp_path / "w" / "warm.pt"
+    weights.write_bytes(b"a")
+    made = Run("x", [f"model.weights={weights}"], tmp_path / "r", 0)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "results.json").write_text("{}")
+    (tmp_path / "r" / FINGERPRINT).write_text(json.dumps(made.fingerprint("synthetic_demo")))
+    monkeypatch.chdir(tmp_path)
+    relative = Run("x", ["model.weights=w/warm.pt"], tmp_path / "r", 0)  # --work-dir w instead of /abs/w
+    assert relative.differences("synthetic_demo") == []  # the same bytes: the same run, not trained again
+    moved = tmp_path / "moved.pt"
+    moved.write_bytes(b"b")
+    assert Run("x", [f"model.weights={moved}"], tmp_path / "r", 0).differences("synthetic_demo") == [
+        "weights_sha256"]
+
+
 def test_a_run_cut_off_continues_from_its_checkpoint_and_ends_as_if_never_stopped(tmp_path):
     extra = ["train.iters=4", "train.checkpoint_every=2"]
     whole = _run(tmp_path / "whole", *extra)

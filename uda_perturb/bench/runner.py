@@ -31,8 +31,10 @@ def photometric(on: bool) -> list[str]:
 
 FINGERPRINT = "fingerprint.json"
 STARTED = "fingerprint.started.json"  # written when a run starts: a folder cut off mid-run may resume only as it
-# keys that do not change what a run computes (resume is bit-exact): a checkpoint cadence
-RESULT_NEUTRAL = ("config.train.checkpoint_every",)
+# keys that do not change what a run computes: a checkpoint cadence (resume is bit-exact), and the start weights'
+# path, whose content the fingerprint holds (weights_sha256), so a work folder named relatively, absolutely or
+# moved keeps its finished runs instead of training them again
+RESULT_NEUTRAL = ("config.train.checkpoint_every", "config.model.weights")
 
 
 def file_sha256(path: Path) -> Optional[str]:
