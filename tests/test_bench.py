@@ -4,6 +4,7 @@ import json
 import pytest
 
 from uda_perturb.bench import Run, aggregate, per_class_table, summary_table
+from uda_perturb.bench.report import cost_clock, relative_cost
 
 
 def fake_run(tmp_path, label, seed, miou, tail, road):
@@ -26,6 +27,30 @@ def test_mean_std_over_seeds_and_tables(tmp_path):
     assert "| a | 2 | 15.0 ± 5.0 | 2.0 ± 1.0 | 50.0 ± 0.0 |" in table
     assert "| b | 1 | 30.0 | 5.0 | 50.0 |" in table
     assert "| a | 85.0 ± 5.0 | - |" in per_class_table(agg, "target")
+
+
+def timed_run(tmp_path, label, seed, wall, cpu):
+    d = tmp_path / f"{label}_{seed}"
+    d.mkdir()
+    (d / "results.json").write_text(json.dumps({"results": {}, "train_seconds": wall, "train_cpu_seconds": cpu}))
+    return Run(label, [], d, seed)
+
+
+def test_cost_reads_each_runs_cpu_time_and_wall_time_only_when_a_run_lacks_it(tmp_path):
+    # wall times inflated by another job on the machine during the source-only run; CPU times are not
+    runs = [timed_run(tmp_path, "source_only", 0, 400.0, 100.0), timed_run(tmp_path, "source_only", 1, 100.0, 140.0),
+            timed_run(tmp_path, "dacs", 0, 200.0, 250.0), timed_run(tmp_path, "dacs +aug", 0, 50.0, 60.0),
+            timed_run(tmp_path, "source_only +aug", 0, 10.0, 20.0)]
+    assert cost_clock(runs) == "train_cpu_seconds"
+    cost = relative_cost(runs, iters=10)
+    assert cost["source_only"] == {"seconds_per_iter": 12.0, "relative_to_source_only": 1.0}  # mean of 10, 14
+    assert cost["dacs"] == {"seconds_per_iter": 25.0, "relative_to_source_only": round(25 / 12, 2)}
+    assert cost["dacs +aug"]["relative_to_source_only"] == 3.0  # against its own arm's source-only
+    old = timed_run(tmp_path, "old", 0, 30.0, None)  # trained or resumed before CPU time was recorded
+    assert cost_clock(runs + [old]) == "train_seconds"
+    cost = relative_cost(runs + [old], iters=10)
+    assert cost["source_only"]["seconds_per_iter"] == 25.0 and cost["dacs"]["relative_to_source_only"] == 0.8
+    assert cost_clock([]) == "train_seconds"
 
 
 def test_variant_selection_uses_source_miou_then_target_entropy_never_target_miou():

@@ -14,6 +14,8 @@ def test_bench_quick_runs_the_comparison_and_writes_markdown_json_and_plot(tmp_p
     data = json.loads((tmp_path / "results" / "compare_synthetic_quick.json").read_text())
     assert set(data["results"]) == {"warm start", "source_only", "apoda", "dacs", "dacs+perturbation"}
     assert data["cost"]["source_only"]["relative_to_source_only"] == 1.0 and "| dacs |" in md
+    assert data["environment"]["cost_clock"] == "train_cpu_seconds"
+    assert "## Cost (training CPU seconds of each run's own process, per iteration)" in md
     assert data["cost"]["apoda"]["relative_to_source_only"] > 1.0  # APODA's step does more than source-only's
     for label in data["results"]:
         assert f"| {label} | 1 |" in md

@@ -62,6 +62,36 @@ def test_resume_logs_truncates_metrics_and_sums_train_seconds(tmp_path, capsys):
     assert times == sorted(times) and times[2] >= before  # time continues instead of restarting at 0
     total = json.loads((run / "results.json").read_text())["train_seconds"]
     assert total >= before and total >= times[-1] - 1e-6
+    cpu_before = torch.load(run / "checkpoint.pt", weights_only=True)["train_cpu_seconds"]
+    assert cpu_before is not None and cpu_before > 0
+    cpu = json.loads((run / "results.json").read_text())["train_cpu_seconds"]
+    assert cpu >= cpu_before  # the record counts the whole run, final checkpoint included
+
+
+def test_cpu_time_is_summed_over_segments_and_unknown_after_a_checkpoint_without_it(tmp_path):
+    """Each segment adds its own process-time difference to what the checkpoint carried."""
+    run = tmp_path / "r"
+    extra = ["train.iters=4", "train.checkpoint_every=2"]
+    t = Trainer(tiny_config("source_only", *extra), run, progress=False)
+    die_during_step(t, 3)
+    with pytest.raises(KeyboardInterrupt):
+        t.fit()
+    first = torch.load(run / "checkpoint.pt", weights_only=True)["train_cpu_seconds"]
+    resumed = Trainer(tiny_config("source_only", *extra), run, resume=True, progress=False)
+    assert resumed.train_cpu_seconds == first
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("time.process_time", lambda: 1000.0)  # a second segment that takes no CPU time at all
+        resumed.fit()
+    assert json.loads((run / "results.json").read_text())["train_cpu_seconds"] == first  # the first's, no more
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    del ckpt["train_cpu_seconds"]  # a checkpoint written before CPU time was recorded
+    ckpt["iteration"] = 2
+    torch.save(ckpt, run / "checkpoint.pt")
+    (run / "results.json").unlink()
+    old = Trainer(tiny_config("source_only", *extra), run, resume=True, progress=False)
+    assert old.train_cpu_seconds is None
+    old.fit()
+    assert json.loads((run / "results.json").read_text())["train_cpu_seconds"] is None  # unknown, not a part
 
 
 def test_resuming_a_finished_run_does_nothing(tmp_path, capsys):

@@ -15,6 +15,7 @@ from .report import (
     add_results_options,
     aggregate,
     check_replace,
+    cost_clock,
     cost_plot,
     differences_table,
     environment,
@@ -27,7 +28,7 @@ from .report import (
     summary_table,
     write_results,
 )
-from .runner import run_all, train_seconds
+from .runner import Run, run_all, train_seconds
 from .setups import ARMS, DEFAULT_METHODS, METHODS, PAIRS, SETUPS, Protocol
 
 DEFAULT_SEEDS = (0, 1, 2)
@@ -97,19 +98,19 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     suffix = [" +aug" if on else "" for on in arms]
     pairs = [(a + x, b + x) for x in suffix for a, b in PAIRS]
     report(args, protocol, out, aggregate(everything), name, seeds, wall, train_seconds(everything),
-           relative_cost(runs, protocol.iters), paired_differences(runs, pairs, setup["target"]))
+           relative_cost(runs, protocol.iters), paired_differences(runs, pairs, setup["target"]), runs)
     return 0
 
 
 def report(args: argparse.Namespace, protocol: Protocol, out: Path, agg: dict, name: str, seeds: Sequence[int],
-           wall: float, compute: float, costs: dict, diffs: dict) -> None:
+           wall: float, compute: float, costs: dict, diffs: dict, runs: Sequence[Run] = ()) -> None:
     """Write markdown, JSON and the bar plot under the results folder ``out``."""
     setup = protocol.setup
     t, s, g = setup["target"], setup["source"], setup["groups"]
     env = {"wall_seconds_this_invocation": round(wall),
            "wall_seconds_longest_invocation": round(longest_wall(out / f"{name}.json", wall)), "jobs": args.jobs,
            "threads_per_run": args.threads,
-           "train_seconds_all_runs": round(compute),
+           "train_seconds_all_runs": round(compute), "cost_clock": cost_clock(runs),
            "estimated_wall_seconds_from_scratch": round(compute / max(args.jobs, 1)), "seeds": list(seeds),
            "warm_start_iters": protocol.pre_iters, "adapt_iters": protocol.iters, "recipe": protocol.recipe,
            "overrides": list(args.overrides), "shared_warm_start": args.shared_warm_start}
@@ -131,7 +132,9 @@ def report(args: argparse.Namespace, protocol: Protocol, out: Path, agg: dict, n
     if diffs:
         md += [f"## Paired differences on {t} (seed by seed: both runs of a seed share its warm start)", "",
                differences_table(diffs, t), ""]
-    md += ["## Cost (training seconds per iteration, same invocation)", "", "| method | s/iter | / source-only |",
+    clock = ("CPU seconds of each run's own process" if env["cost_clock"] == "train_cpu_seconds" else
+             "wall seconds, so other jobs sharing the machine inflate it")
+    md += [f"## Cost (training {clock}, per iteration)", "", "| method | s/iter | / source-only |",
            "|---|---|---|"] + [f"| {k} | {v['seconds_per_iter']:.3f} | {v['relative_to_source_only']:.2f} |"
                                for k, v in costs.items()] + [""]
     md += [f"## Per-class IoU on {t}", "", per_class_table(agg, t), "",

@@ -184,12 +184,21 @@ def plot(agg: dict[str, dict], split: str, path: Path, title: str) -> Optional[P
         return None
 
 
+def cost_clock(runs: Sequence[Run]) -> str:
+    """The record a cost column reads: ``train_cpu_seconds`` (each run's own CPU time, which other jobs sharing
+    the machine hardly change) when every run has it, else ``train_seconds`` (wall time; runs from before CPU
+    time was recorded, or resumed from their checkpoints)."""
+    has_cpu = all(r.record().get("train_cpu_seconds") is not None for r in runs)
+    return "train_cpu_seconds" if runs and has_cpu else "train_seconds"
+
+
 def relative_cost(runs: Sequence[Run], iters: int) -> dict[str, dict[str, float]]:
-    """Per label: mean training seconds per iteration, and its ratio to source-only's in the same arm (the
-    runs of one invocation share the machine, so the ratio is the comparable number)."""
+    """Per label: mean training seconds per iteration (CPU or wall, see :func:`cost_clock`; one clock for
+    every run), and its ratio to source-only's in the same arm, the comparable number."""
+    clock = cost_clock(runs)
     per: dict[str, list[float]] = {}
     for r in runs:
-        per.setdefault(r.label, []).append(r.record().get("train_seconds", 0.0) / max(iters, 1))
+        per.setdefault(r.label, []).append(r.record().get(clock, 0.0) / max(iters, 1))
     out = {}
     for label, values in per.items():
         mean = sum(values) / len(values)
@@ -218,7 +227,7 @@ def cost_plot(agg: dict[str, dict], costs: dict[str, dict[str, float]], split: s
             ax.axhline(a[split]["miou"]["mean"], color="grey", lw=0.8, ls=":")
             ax.annotate(label, (ax.get_xlim()[0], a[split]["miou"]["mean"]), fontsize=7, color="grey",
                         xytext=(2, 2), textcoords="offset points")
-    ax.set_xlabel("training time per iteration / source-only's (same invocation)")
+    ax.set_xlabel("training time per iteration / source-only's")
     ax.set_ylabel(f"{split} mIoU (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)

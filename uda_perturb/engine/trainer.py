@@ -158,8 +158,12 @@ class Trainer:
         self._set_class_weights()
         self.iteration = 0
         self.train_seconds = 0.0  # cumulative over resumed segments
+        # this process's CPU time over the same segments: unlike wall time, hardly changed by other jobs sharing
+        # the machine (what a benchmark's cost column needs); None once resumed from a checkpoint without it
+        self.train_cpu_seconds: Optional[float] = 0.0
         self._stop_signal: Optional[int] = None
         self._segment_start: Optional[float] = None
+        self._segment_cpu_start: Optional[float] = None
         if resume and (self.run_dir / CHECKPOINT).is_file():
             ckpt = load_checkpoint(self.run_dir / CHECKPOINT, to_dict(cfg))
             self._restore(ckpt)
@@ -207,6 +211,7 @@ class Trainer:
         rank draws its own augmentations and masks), iteration, config."""
         return {"format": FORMAT, "config": to_dict(self.cfg), "iteration": self.iteration,
                 "train_seconds": self.train_seconds + self._segment_seconds(),
+                "train_cpu_seconds": self._cpu_seconds(),
                 "method": self.method.state_dict(),
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                 "scaler": self.scaler.state_dict(), "rng": rng_state(),
@@ -235,9 +240,18 @@ class Trainer:
                       f"{self.info.world_size}: training continues, but not bit-identically", file=sys.stderr)
         self.iteration = int(ckpt["iteration"])
         self.train_seconds = float(ckpt.get("train_seconds", 0.0))
+        cpu = ckpt.get("train_cpu_seconds")
+        self.train_cpu_seconds = float(cpu) if cpu is not None else None
 
     def _segment_seconds(self) -> float:
         return time.time() - self._segment_start if self._segment_start is not None else 0.0
+
+    def _cpu_seconds(self) -> Optional[float]:
+        """CPU time of this process's training so far (all its threads; data-loader workers not included)."""
+        if self.train_cpu_seconds is None:
+            return None
+        running = time.process_time() - self._segment_cpu_start if self._segment_cpu_start is not None else 0.0
+        return self.train_cpu_seconds + running
 
     # ------------------------------------------------------------------ one step
     def _backward(self, loss: torch.Tensor) -> None:
@@ -323,6 +337,7 @@ class Trainer:
         bar = tqdm(total=stop, initial=self.iteration, disable=not show or plain, desc=f"{cfg.method.name}",
                    dynamic_ncols=True)
         self._segment_start = time.time()
+        self._segment_cpu_start = time.process_time()
         first = self.iteration
         try:
             while self.iteration < stop:
@@ -355,14 +370,15 @@ class Trainer:
                 writer.close()
         self.save_checkpoint()
         self.train_seconds += self._segment_seconds()
-        self._segment_start = None
+        self.train_cpu_seconds = self._cpu_seconds()
+        self._segment_start = self._segment_cpu_start = None
         results = self.evaluate() if cfg.data.eval else {}
         if self.info.is_main:
             if results:
                 self._log({"iteration": self.iteration, "eval": _strip(results)})
             (self.run_dir / "results.json").write_text(json.dumps(
                 {"iteration": self.iteration, "final_checkpoint": True, "results": _strip(results),
-                 "train_seconds": self.train_seconds}, indent=2))
+                 "train_seconds": self.train_seconds, "train_cpu_seconds": self.train_cpu_seconds}, indent=2))
             torch.save(self.method.segmentor.state_dict(), self.run_dir / "segmentor.pt")
         return results
 
