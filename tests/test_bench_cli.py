@@ -1,6 +1,8 @@
 """`uda-perturb bench --quick`: the comparison end to end (subprocess runs, report files), on synthetic data."""
 import json
 
+import pytest
+
 from uda_perturb.bench.ablate import main as ablate_main
 from uda_perturb.cli import main
 
@@ -27,6 +29,12 @@ def test_bench_quick_runs_the_comparison_and_writes_markdown_json_and_plot(tmp_p
     # the method / baseline pairs present are differenced seed by seed
     assert list(data["paired_differences"]) == ["dacs+perturbation - dacs", "dacs - source_only"]
     assert "| dacs+perturbation - dacs |" in md
+    assert list(data["paired_differences_source"]) == ["dacs+perturbation - dacs", "dacs - source_only"]
+    src = data["paired_differences_source"]["dacs - source_only"]["miou"]
+    want = data["results"]["dacs"]["source_test"]["miou"]["mean"] - data["results"]["source_only"]["source_test"][
+        "miou"]["mean"]  # one seed: the paired difference is the difference of the two runs' source-test mIoU
+    assert src["per_seed"][0] == pytest.approx(want, abs=0.011)
+    assert "## Paired differences on source_test (the source domain's test frames" in md
     # a second invocation skips finished runs and only rewrites the report
     assert main(args) == 0
     again = json.loads((tmp_path / "results" / "compare_synthetic_quick.json").read_text())

@@ -98,13 +98,16 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     suffix = [" +aug" if on else "" for on in arms]
     pairs = [(a + x, b + x) for x in suffix for a, b in PAIRS]
     report(args, protocol, out, aggregate(everything), name, seeds, wall, train_seconds(everything),
-           relative_cost(runs, protocol.iters), paired_differences(runs, pairs, setup["target"]), runs)
+           relative_cost(runs, protocol.iters), paired_differences(runs, pairs, setup["target"]), runs,
+           paired_differences(runs, pairs, setup["source"]))
     return 0
 
 
 def report(args: argparse.Namespace, protocol: Protocol, out: Path, agg: dict, name: str, seeds: Sequence[int],
-           wall: float, compute: float, costs: dict, diffs: dict, runs: Sequence[Run] = ()) -> None:
-    """Write markdown, JSON and the bar plot under the results folder ``out``."""
+           wall: float, compute: float, costs: dict, diffs: dict, runs: Sequence[Run] = (),
+           source_diffs: Optional[dict] = None) -> None:
+    """Write markdown, JSON and the bar plot under the results folder ``out``; ``diffs`` and ``source_diffs``:
+    the paired differences on the target and on the source domain's test split."""
     setup = protocol.setup
     t, s, g = setup["target"], setup["source"], setup["groups"]
     env = {"wall_seconds_this_invocation": round(wall),
@@ -132,6 +135,9 @@ def report(args: argparse.Namespace, protocol: Protocol, out: Path, agg: dict, n
     if diffs:
         md += [f"## Paired differences on {t} (seed by seed: both runs of a seed share its warm start)", "",
                differences_table(diffs, t), ""]
+    if source_diffs:
+        md += [f"## Paired differences on {s} (the source domain's test frames, which no run trains on)", "",
+               differences_table(source_diffs, s), ""]
     clock = ("CPU seconds of each run's own process" if env["cost_clock"] == "train_cpu_seconds" else
              "wall seconds, so other jobs sharing the machine inflate it")
     md += [f"## Cost (training {clock}, per iteration)", "", "| method | s/iter | / source-only |",
@@ -143,6 +149,7 @@ def report(args: argparse.Namespace, protocol: Protocol, out: Path, agg: dict, n
         md += [f"![per-class IoU]({png.name})", ""]
     if cost_png:
         md += [f"![mIoU against cost]({cost_png.name})", ""]
-    payload = {"environment": {**environment(), **env}, "results": agg, "cost": costs, "paired_differences": diffs}
+    payload = {"environment": {**environment(), **env}, "results": agg, "cost": costs, "paired_differences": diffs,
+               "paired_differences_source": source_diffs or {}}
     _, md_path = write_results(out, name, payload, "\n".join(md))
     print(md_path.read_text())
