@@ -28,7 +28,7 @@ from .report import (
     summary_table,
     write_results,
 )
-from .runner import Run, run_all, train_seconds
+from .runner import run_all, train_seconds
 from .setups import ARMS, DEFAULT_METHODS, METHODS, PAIRS, SETUPS, Protocol
 
 DEFAULT_SEEDS = (0, 1, 2)
@@ -97,23 +97,24 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     everything = warm + runs
     suffix = [" +aug" if on else "" for on in arms]
     pairs = [(a + x, b + x) for x in suffix for a, b in PAIRS]
+    clock = cost_clock(runs)  # read once: the cost column and the report's heading use the same clock
     report(args, protocol, out, aggregate(everything), name, seeds, wall, train_seconds(everything),
-           relative_cost(runs, protocol.iters), paired_differences(runs, pairs, setup["target"]), runs,
+           relative_cost(runs, protocol.iters, clock), paired_differences(runs, pairs, setup["target"]), clock,
            paired_differences(runs, pairs, setup["source"]))
     return 0
 
 
 def report(args: argparse.Namespace, protocol: Protocol, out: Path, agg: dict, name: str, seeds: Sequence[int],
-           wall: float, compute: float, costs: dict, diffs: dict, runs: Sequence[Run] = (),
-           source_diffs: Optional[dict] = None) -> None:
-    """Write markdown, JSON and the bar plot under the results folder ``out``; ``diffs`` and ``source_diffs``:
-    the paired differences on the target and on the source domain's test split."""
+           wall: float, compute: float, costs: dict, diffs: dict, clock: str, source_diffs: dict) -> None:
+    """Write markdown, JSON and the bar plot under the results folder ``out``; ``clock``: the record ``costs``
+    were read from (:func:`cost_clock`); ``diffs`` and ``source_diffs``: the paired differences on the target
+    and on the source domain's test split."""
     setup = protocol.setup
     t, s, g = setup["target"], setup["source"], setup["groups"]
     env = {"wall_seconds_this_invocation": round(wall),
            "wall_seconds_longest_invocation": round(longest_wall(out / f"{name}.json", wall)), "jobs": args.jobs,
            "threads_per_run": args.threads,
-           "train_seconds_all_runs": round(compute), "cost_clock": cost_clock(runs),
+           "train_seconds_all_runs": round(compute), "cost_clock": clock,
            "estimated_wall_seconds_from_scratch": round(compute / max(args.jobs, 1)), "seeds": list(seeds),
            "warm_start_iters": protocol.pre_iters, "adapt_iters": protocol.iters, "recipe": protocol.recipe,
            "overrides": list(args.overrides), "shared_warm_start": args.shared_warm_start}
@@ -138,9 +139,9 @@ def report(args: argparse.Namespace, protocol: Protocol, out: Path, agg: dict, n
     if source_diffs:
         md += [f"## Paired differences on {s} (the source domain's test frames, which no run trains on)", "",
                differences_table(source_diffs, s), ""]
-    clock = ("CPU seconds of each run's own process" if env["cost_clock"] == "train_cpu_seconds" else
-             "wall seconds, so other jobs sharing the machine inflate it")
-    md += [f"## Cost (training {clock}, per iteration)", "", "| method | s/iter | / source-only |",
+    measure = ("CPU seconds of each run's own process" if clock == "train_cpu_seconds" else
+               "wall seconds, so other jobs sharing the machine inflate it")
+    md += [f"## Cost (training {measure}, per iteration)", "", "| method | s/iter | / source-only |",
            "|---|---|---|"] + [f"| {k} | {v['seconds_per_iter']:.3f} | {v['relative_to_source_only']:.2f} |"
                                for k, v in costs.items()] + [""]
     md += [f"## Per-class IoU on {t}", "", per_class_table(agg, t), "",
@@ -150,6 +151,6 @@ def report(args: argparse.Namespace, protocol: Protocol, out: Path, agg: dict, n
     if cost_png:
         md += [f"![mIoU against cost]({cost_png.name})", ""]
     payload = {"environment": {**environment(), **env}, "results": agg, "cost": costs, "paired_differences": diffs,
-               "paired_differences_source": source_diffs or {}}
+               "paired_differences_source": source_diffs}
     _, md_path = write_results(out, name, payload, "\n".join(md))
     print(md_path.read_text())

@@ -192,10 +192,10 @@ def cost_clock(runs: Sequence[Run]) -> str:
     return "train_cpu_seconds" if runs and has_cpu else "train_seconds"
 
 
-def relative_cost(runs: Sequence[Run], iters: int) -> dict[str, dict[str, float]]:
-    """Per label: mean training seconds per iteration (CPU or wall, see :func:`cost_clock`; one clock for
-    every run), and its ratio to source-only's in the same arm, the comparable number."""
-    clock = cost_clock(runs)
+def relative_cost(runs: Sequence[Run], iters: int, clock: Optional[str] = None) -> dict[str, dict[str, float]]:
+    """Per label: mean training seconds per iteration (CPU or wall: ``clock``, by default :func:`cost_clock`'s;
+    one clock for every run), and its ratio to source-only's in the same arm, the comparable number."""
+    clock = clock or cost_clock(runs)
     per: dict[str, list[float]] = {}
     for r in runs:
         per.setdefault(r.label, []).append(r.record().get(clock, 0.0) / max(iters, 1))
