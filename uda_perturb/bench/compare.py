@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from .gap import closed_by_method, gap_table, read_gap
 from .report import (
+    DEFAULT_RESULTS,
     add_results_options,
     aggregate,
     check_replace,
@@ -98,17 +100,21 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     suffix = [" +aug" if on else "" for on in arms]
     pairs = [(a + x, b + x) for x in suffix for a, b in PAIRS]
     clock = cost_clock(runs)  # read once: the cost column and the report's heading use the same clock
+    gap = read_gap(Path(results_dir or DEFAULT_RESULTS) / setup["gap_record"]) if "gap_record" in setup else None
+    closed = None if gap is None else (gap, closed_by_method(runs, args.methods, suffix, setup["target"], gap))
     report(args, protocol, out, aggregate(everything), name, seeds, wall, train_seconds(everything),
            relative_cost(runs, protocol.iters, clock), paired_differences(runs, pairs, setup["target"]), clock,
-           paired_differences(runs, pairs, setup["source"]))
+           paired_differences(runs, pairs, setup["source"]), closed)
     return 0
 
 
 def report(args: argparse.Namespace, protocol: Protocol, out: Path, agg: dict, name: str, seeds: Sequence[int],
-           wall: float, compute: float, costs: dict, diffs: dict, clock: str, source_diffs: dict) -> None:
+           wall: float, compute: float, costs: dict, diffs: dict, clock: str, source_diffs: dict,
+           gap: Optional[tuple[float, dict]] = None) -> None:
     """Write markdown, JSON and the bar plot under the results folder ``out``; ``clock``: the record ``costs``
     were read from (:func:`cost_clock`); ``diffs`` and ``source_diffs``: the paired differences on the target
-    and on the source domain's test split."""
+    and on the source domain's test split; ``gap``: the setup's measured gap in points and each method's share
+    of it closed (:func:`~uda_perturb.bench.gap.gap_closed`), for a setup with a gap record."""
     setup = protocol.setup
     t, s, g = setup["target"], setup["source"], setup["groups"]
     env = {"wall_seconds_this_invocation": round(wall),
@@ -139,6 +145,9 @@ def report(args: argparse.Namespace, protocol: Protocol, out: Path, agg: dict, n
     if source_diffs:
         md += [f"## Paired differences on {s} (the source domain's test frames, which no run trains on)", "",
                differences_table(source_diffs, s), ""]
+    if gap is not None:
+        md += [f"## Share of the gap closed on {t} (paired gain over source-only / the gap measured before any "
+               f"method ran: {setup['gap_record'].replace('.json', '.md')})", "", gap_table(gap[1], gap[0]), ""]
     measure = ("CPU seconds of each run's own process" if clock == "train_cpu_seconds" else
                "wall seconds, so other jobs sharing the machine inflate it")
     md += [f"## Cost (training {measure}, per iteration)", "", "| method | s/iter | / source-only |",
@@ -151,6 +160,7 @@ def report(args: argparse.Namespace, protocol: Protocol, out: Path, agg: dict, n
     if cost_png:
         md += [f"![mIoU against cost]({cost_png.name})", ""]
     payload = {"environment": {**environment(), **env}, "results": agg, "cost": costs, "paired_differences": diffs,
-               "paired_differences_source": source_diffs}
+               "paired_differences_source": source_diffs,
+               **({"gap_points": gap[0], "gap_closed": gap[1]} if gap is not None else {})}
     _, md_path = write_results(out, name, payload, "\n".join(md))
     print(md_path.read_text())

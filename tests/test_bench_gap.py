@@ -1,0 +1,100 @@
+"""The share of a measured domain gap each method closes (compare's gap section)."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from uda_perturb.bench.gap import gap_closed, gap_table, read_gap
+from uda_perturb.bench.setups import SETUPS
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+def diffs(**per_seed):
+    return {name.replace("_", " "): {"miou": {"per_seed": v}} for name, v in per_seed.items()}
+
+
+def test_share_is_each_seeds_gain_over_the_gap_and_the_quarter_goal_needs_the_mean_and_twice_the_spread():
+    out = gap_closed(diffs(big=[3.0, 4.0, 5.0], small=[1.0, 2.0, 3.0], noisy=[0.0, 9.0, 3.0], one=[9.0]), 12.0)
+    assert out["big"]["per_seed"] == [0.25, 0.333, 0.417]
+    assert out["big"]["mean"] == pytest.approx(1 / 3)
+    assert out["big"]["std"] == pytest.approx(math.sqrt(2 / 3) / 12)  # population std of 3, 4, 5, over the gap
+    # big: mean 4 >= 12 / 4 and 4 > 2 * 0.816; small: mean 2 < 3; noisy: mean 4 but std 3.74 (2 std = 7.5)
+    assert [out[k]["quarter_closed"] for k in ("big", "small", "noisy")] == [True, False, False]
+    assert out["one"]["quarter_closed"] is False and out["one"]["n"] == 1  # one seed has no spread to beat
+
+
+def test_a_negative_or_zero_gap_is_refused():
+    with pytest.raises(ValueError, match="must be positive, got 0"):
+        gap_closed(diffs(a=[1.0]), 0.0)
+
+
+def test_gap_table_rows():
+    table = gap_table(gap_closed(diffs(a=[3.0, 5.0]), 8.0), 8.0)
+    assert "| pair | gain / gap (8.0 points) |" in table
+    assert "| a | +50% ± 12% | +38%, +62% | met |" in table
+
+
+def test_read_gap_is_real_minus_rendered_and_none_without_a_record(tmp_path):
+    rec = tmp_path / "g.json"
+    rec.write_text(json.dumps({"mean_miou": {"rendered": 19.0, "real": 32.5}}))
+    assert read_gap(rec) == pytest.approx(13.5)
+    assert read_gap(tmp_path / "missing.json") is None
+    (tmp_path / "bad.json").write_text("{}")
+    assert read_gap(tmp_path / "bad.json") is None
+
+
+def test_every_setups_gap_record_is_committed():
+    records = {k: v["gap_record"] for k, v in SETUPS.items() if "gap_record" in v}
+    assert records == {"camvid_rendered": "setup_camvid_rendered.json"}
+    assert read_gap(RESULTS / records["camvid_rendered"]) == pytest.approx(32.08 - 19.01)
+
+
+def fake(tmp_path, label, seed, miou, split="real_test"):
+    from uda_perturb.bench import Run
+
+    d = tmp_path / f"{label.replace(' ', '')}_{seed}"
+    d.mkdir()
+    res = {s: {"iou": {"Road": miou, "Car": miou}, "miou": miou, "miou_tail": miou, "miou_head": miou}
+           for s in (split, "source_test")}
+    (d / "results.json").write_text(json.dumps({"results": res}))
+    return Run(label, [], d, seed)
+
+
+def test_every_method_is_measured_against_source_only_of_its_own_seed(tmp_path):
+    from uda_perturb.bench.gap import closed_by_method
+
+    # warm-start effects of +-10 points per seed cancel: dacs gains 2 and 4 over its own seed's source-only
+    runs = [fake(tmp_path, "source_only +aug", 0, 20.0), fake(tmp_path, "source_only +aug", 1, 30.0),
+            fake(tmp_path, "dacs +aug", 0, 22.0), fake(tmp_path, "dacs +aug", 1, 34.0),
+            fake(tmp_path, "dacs+random +aug", 0, 19.0)]
+    out = closed_by_method(runs, ["source_only", "dacs", "dacs+random", "absent"], [" +aug"], "real_test", 8.0)
+    assert set(out) == {"dacs +aug - source_only +aug", "dacs+random +aug - source_only +aug"}
+    assert out["dacs +aug - source_only +aug"]["per_seed"] == [0.25, 0.5]
+    assert out["dacs+random +aug - source_only +aug"]["per_seed"] == [-0.125]
+
+
+def test_the_comparison_report_has_the_gap_section_and_json_only_with_a_gap(tmp_path):
+    import argparse
+
+    from uda_perturb.bench import aggregate
+    from uda_perturb.bench.compare import report
+    from uda_perturb.bench.gap import closed_by_method
+    from uda_perturb.bench.setups import Protocol
+
+    runs = [fake(tmp_path, "source_only +aug", s, 20.0 + s) for s in (0, 1)]
+    runs += [fake(tmp_path, "dacs +aug", s, 24.0 + 2 * s) for s in (0, 1)]
+    protocol = Protocol("camvid_rendered", tmp_path / "work", 600, 500, 1e-4)
+    args = argparse.Namespace(dataset="camvid_rendered", jobs=2, threads=1, overrides=[], shared_warm_start=False)
+    costs = {k: {"seconds_per_iter": 1.0, "relative_to_source_only": 1.0} for k in ("source_only +aug", "dacs +aug")}
+    closed = (10.0, closed_by_method(runs, ["source_only", "dacs"], [" +aug"], "real_test", 10.0))
+    for gap, stem in ((closed, "with"), (None, "without")):
+        report(args, protocol, tmp_path / "out", aggregate(runs), stem, [0, 1], 1.0, 4.0, costs, {}, "wall", {}, gap)
+    md = (tmp_path / "out" / "with.md").read_text()
+    assert "## Share of the gap closed on real_test" in md and "setup_camvid_rendered.md" in md
+    assert "| dacs +aug - source_only +aug | +45% ± 5% | +40%, +50% | met |" in md
+    data = json.loads((tmp_path / "out" / "with.json").read_text())
+    assert data["gap_points"] == 10.0 and data["gap_closed"]["dacs +aug - source_only +aug"]["n"] == 2
+    assert "Share of the gap" not in (tmp_path / "out" / "without.md").read_text()
+    assert "gap_closed" not in json.loads((tmp_path / "out" / "without.json").read_text())

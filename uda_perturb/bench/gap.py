@@ -1,0 +1,61 @@
+"""How much of a measured domain gap each method closes. A regime whose gap was measured before any adaptation
+method ran on it (``camvid_rendered``: source-only on rendered 0016E5 against source-only on the real frames,
+``setup_camvid_rendered.json``) reports, per method, its paired mIoU gain over source-only (same seed, same warm
+start) as a share of that gap, seed by seed."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .report import paired_differences
+from .runner import Run
+
+
+def read_gap(record: Path) -> Optional[float]:
+    """The gap in mIoU points of a gap record (``mean_miou``: ``real`` minus ``rendered``); None when the record
+    is missing, so a report without it simply has no gap section."""
+    try:
+        means = json.loads(Path(record).read_text())["mean_miou"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return float(means["real"]) - float(means["rendered"])
+
+
+def gap_closed(diffs: dict[str, dict[str, dict]], gap: float) -> dict[str, dict]:
+    """``{pair: {"mean", "std", "n", "per_seed", "quarter_closed"}}``: each pair's per-seed mIoU difference (from
+    :func:`~uda_perturb.bench.report.paired_differences`) divided by ``gap``. ``quarter_closed``: the goal that
+    the mean gain is at least a quarter of the gap and more than twice its spread over seeds (never met by fewer
+    than two seeds, which have no spread)."""
+    if gap <= 0:
+        raise ValueError(f"gap_closed: the gap must be positive, got {gap}")
+    out = {}
+    for pair, d in diffs.items():
+        points = np.array(d["miou"]["per_seed"], dtype=float)
+        shares = points / gap
+        std = float(points.std()) if len(points) > 1 else 0.0
+        out[pair] = {"mean": float(shares.mean()), "std": float(shares.std()) if len(shares) > 1 else 0.0,
+                     "n": int(len(shares)), "per_seed": [round(float(x), 3) for x in shares],
+                     "quarter_closed": bool(len(points) > 1 and points.mean() >= gap / 4 and points.mean() > 2 * std)}
+    return out
+
+
+def closed_by_method(runs: Sequence[Run], methods: Sequence[str], suffixes: Sequence[str], split: str,
+                     gap: float, baseline: str = "source_only") -> dict[str, dict]:
+    """:func:`gap_closed` of every method (not only the report's pairs) against ``baseline`` of the same seed and
+    augmentation arm (``suffixes``: the arms' label endings, e.g. ``" +aug"``), on ``split``."""
+    pairs = [(m + x, baseline + x) for x in suffixes for m in methods if m != baseline]
+    return gap_closed(paired_differences(runs, pairs, split), gap)
+
+
+def gap_table(shares: dict[str, dict], gap: float) -> str:
+    """Markdown: share of the gap closed (mean ± std, per seed) and whether the quarter goal is met."""
+    lines = [f"| pair | gain / gap ({gap:.1f} points) | per seed | >= 1/4 of the gap and > 2 std |",
+             "|---|---|---|---|"]
+    for pair, s in shares.items():
+        lines.append(f"| {pair} | {s['mean']:+.0%} ± {s['std']:.0%} | "
+                     + ", ".join(f"{x:+.0%}" for x in s["per_seed"])
+                     + f" | {'met' if s['quarter_closed'] else 'not met'} |")
+    return "\n".join(lines)
