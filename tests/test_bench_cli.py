@@ -58,6 +58,14 @@ def test_bench_quick_runs_the_comparison_and_writes_markdown_json_and_plot(tmp_p
     assert ablation["selected"] in ablation["results"]
     assert ablation["results"]["dacs"] == data["results"]["dacs"]
     assert "**(selected)**" in (tmp_path / "results" / "ablate_dacs_synthetic_quick.md").read_text()
+    # each radius paired with DACS of its own seed, on the target and the source test split
+    paired = ablation["paired_differences"]
+    assert set(paired) == {"target_test", "source_test"}
+    assert list(paired["target_test"]) == ["dacs+perturbation eps0.05 - dacs", "dacs+perturbation - dacs",
+                                           "dacs+perturbation eps0.2 - dacs"]
+    eps02 = ablation["results"]["dacs+perturbation eps0.2"]["target_test"]["miou"]["mean"]
+    dacs_miou = ablation["results"]["dacs"]["target_test"]["miou"]["mean"]
+    assert paired["target_test"]["dacs+perturbation eps0.2 - dacs"]["miou"]["per_seed"] == [round(eps02 - dacs_miou, 2)]
 
 
 def test_learning_curve_evaluates_every_k_iterations_and_picks_without_target_labels(tmp_path):

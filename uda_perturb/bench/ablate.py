@@ -24,8 +24,11 @@ from .report import (
     add_results_options,
     aggregate,
     check_replace,
+    differences_table,
     environment,
+    longest_wall,
     mean_std,
+    paired_differences,
     pyplot,
     results_folder,
     select_variant,
@@ -209,7 +212,10 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     rows += [_row(name + (" **(selected)**" if name == best else ""), a, s, t) for name, a in agg.items()]
     rows += [_row(f"*{name} (source-only, before adaptation)*", a, s, t) for name, a in reference.items()]
     env = {"seeds": args.seeds, "iters": protocol.iters, "warm_starts": [str(w.run_dir) for w in warm],
-           "wall_seconds_this_invocation": round(time.time() - start), "jobs": args.jobs,
+           "wall_seconds_this_invocation": round(time.time() - start),
+           # a rerun that only rebuilds the report keeps the invocation that trained
+           "wall_seconds_longest_invocation": round(longest_wall(out / f"{name}.json", time.time() - start)),
+           "jobs": args.jobs,
            "train_seconds_all_runs": round(train_seconds(runs))}
     out.mkdir(parents=True, exist_ok=True)
     plotter = plot_eps_sweep if args.method == "apoda" else plot_dacs_radius
@@ -226,9 +232,17 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
           f"{what} (mean ± std over seeds). Selection, with no target label: the highest source-domain test mIoU "
           f"({s}); among variants within {args.tolerance} points of it, the lowest mean prediction entropy on the "
           f"unlabelled target ({t} images, labels unused). Target mIoU is shown, not used.", "", *rows, ""]
+    diffs: dict[str, dict] = {}
+    if args.method == "dacs":  # each radius against DACS of the same seed (same warm start), as in the comparison
+        sfx = " +aug" if on else ""
+        pairs = [(r + sfx, "dacs" + sfx) for r in DACS_RADII if r != "dacs"]
+        diffs = {split: paired_differences(runs, pairs, split) for split in (t, s)}
+        for split, d in diffs.items():
+            md += [f"## Paired differences against DACS on {split} (seed by seed)", "", differences_table(d, split), ""]
     if png:
         md += [f"![eps sweep]({png.name})", ""]
     _, md_path = write_results(out, name, {"environment": {**environment(), **env}, "results": agg,
-                                           "warm_start": reference, "selected": best}, "\n".join(md))
+                                           "warm_start": reference, "selected": best,
+                                           **({"paired_differences": diffs} if diffs else {})}, "\n".join(md))
     print(md_path.read_text())
     return 0
