@@ -211,10 +211,11 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
             "tie-break) | target mIoU | target tail mIoU | target head mIoU |", "|---|---|---|---|---|---|---|---|"]
     rows += [_row(name + (" **(selected)**" if name == best else ""), a, s, t) for name, a in agg.items()]
     rows += [_row(f"*{name} (source-only, before adaptation)*", a, s, t) for name, a in reference.items()]
+    wall = time.time() - start
     env = {"seeds": args.seeds, "iters": protocol.iters, "warm_starts": [str(w.run_dir) for w in warm],
-           "wall_seconds_this_invocation": round(time.time() - start),
+           "wall_seconds_this_invocation": round(wall),
            # a rerun that only rebuilds the report keeps the invocation that trained
-           "wall_seconds_longest_invocation": round(longest_wall(out / f"{name}.json", time.time() - start)),
+           "wall_seconds_longest_invocation": round(longest_wall(out / f"{name}.json", wall)),
            "jobs": args.jobs,
            "train_seconds_all_runs": round(train_seconds(runs))}
     out.mkdir(parents=True, exist_ok=True)

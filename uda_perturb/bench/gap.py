@@ -8,9 +8,7 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
-
-from .report import paired_differences
+from .report import _stats, paired_differences
 from .runner import Run
 
 
@@ -33,12 +31,10 @@ def gap_closed(diffs: dict[str, dict[str, dict]], gap: float) -> dict[str, dict]
         raise ValueError(f"gap_closed: the gap must be positive, got {gap}")
     out = {}
     for pair, d in diffs.items():
-        points = np.array(d["miou"]["per_seed"], dtype=float)
-        shares = points / gap
-        std = float(points.std()) if len(points) > 1 else 0.0
-        out[pair] = {"mean": float(shares.mean()), "std": float(shares.std()) if len(shares) > 1 else 0.0,
-                     "n": int(len(shares)), "per_seed": [round(float(x), 3) for x in shares],
-                     "quarter_closed": bool(len(points) > 1 and points.mean() >= gap / 4 and points.mean() > 2 * std)}
+        shares = [x / gap for x in d["miou"]["per_seed"]]
+        st = _stats(shares)  # the gap is positive: the goal reads the same on shares as on points
+        out[pair] = {**st, "per_seed": [round(x, 3) for x in shares],
+                     "quarter_closed": bool(st["n"] > 1 and st["mean"] >= 0.25 and st["mean"] > 2 * st["std"])}
     return out
 
 
