@@ -97,4 +97,37 @@ def test_the_comparison_report_has_the_gap_section_and_json_only_with_a_gap(tmp_
     data = json.loads((tmp_path / "out" / "with.json").read_text())
     assert data["gap_points"] == 10.0 and data["gap_closed"]["dacs +aug - source_only +aug"]["n"] == 2
     assert "Share of the gap" not in (tmp_path / "out" / "without.md").read_text()
+    assert "![share of the gap closed](with_gap.png)" in md
+    assert (tmp_path / "out" / "with_gap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "out" / "without_gap.png").exists()
     assert "gap_closed" not in json.loads((tmp_path / "out" / "without.json").read_text())
+
+
+def test_gap_plot_draws_each_pairs_mean_spread_and_seeds_with_the_goal_line(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from uda_perturb.bench import gap as gap_module
+    from uda_perturb.bench.report import pyplot
+
+    plt, axes = pyplot(), []
+
+    class Recording:  # the real pyplot, keeping the axes the plot drew on
+        def __getattr__(self, name):
+            return getattr(plt, name)
+
+        def subplots(self, *a, **k):
+            fig, ax = plt.subplots(*a, **k)
+            axes.append(ax)
+            return fig, ax
+
+    monkeypatch.setattr(gap_module, "pyplot", Recording)
+    shares = gap_closed(diffs(a=[2.0, 4.0], b=[-1.0, 1.0]), 8.0)
+    path = gap_module.gap_plot(shares, 8.0, tmp_path / "g.png", "t")
+    assert path == tmp_path / "g.png" and path.read_bytes()[:4] == b"\x89PNG"
+    ax = axes[0]
+    assert [p.get_height() for p in ax.patches] == pytest.approx([0.375, 0.0])  # bars: mean share
+    dots = [list(line.get_ydata()) for line in ax.lines if line.get_marker() == "."]
+    assert dots == [[0.25, 0.5], [-0.125, 0.125]]  # a dot per seed
+    levels = sorted(line.get_ydata()[0] for line in ax.lines if line.get_linestyle() in ("-", "--", ":")
+                    and line.get_marker() in ("None", "", None))
+    assert levels == [0.0, 0.25, 1.0]
+    assert gap_module.gap_plot({}, 8.0, tmp_path / "none.png", "t") is None and not (tmp_path / "none.png").exists()

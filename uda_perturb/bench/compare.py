@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .gap import closed_by_method, gap_table, read_gap
+from .gap import closed_by_method, gap_plot, gap_table, read_gap
 from .report import (
     DEFAULT_RESULTS,
     add_results_options,
@@ -88,7 +88,7 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     args.aug = args.aug or setup.get("aug", "both")
     arms = ARMS[args.aug]
     out = results_folder(args, results_dir, args.quick)
-    check_replace(args, out, name, [f"{name}.png", f"{name}_cost.png"])
+    check_replace(args, out, name, [f"{name}.png", f"{name}_cost.png", f"{name}_gap.png"])
     warm = protocol.warm_starts(arms, seeds)
     # seed by seed: a comparison longer than one sitting has whole seeds (every method, paired) as it goes
     runs = [protocol.adaptation(m, on, s) for s in seeds for on in arms for m in args.methods]
@@ -148,6 +148,9 @@ def report(args: argparse.Namespace, protocol: Protocol, out: Path, agg: dict, n
     if gap is not None:
         md += [f"## Share of the gap closed on {t} (paired gain over source-only / the gap measured before any "
                f"method ran: {setup['gap_record'].replace('.json', '.md')})", "", gap_table(gap[1], gap[0]), ""]
+        gap_png = gap_plot(gap[1], gap[0], out / f"{name}_gap.png", f"{args.dataset}: share of the gap closed on {t}")
+        if gap_png:
+            md += [f"![share of the gap closed]({gap_png.name})", ""]
     measure = ("CPU seconds of each run's own process" if clock == "train_cpu_seconds" else
                "wall seconds, so other jobs sharing the machine inflate it")
     md += [f"## Cost (training {measure}, per iteration)", "", "| method | s/iter | / source-only |",

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .report import _stats, paired_differences
+from .report import _stats, paired_differences, pyplot
 from .runner import Run
 
 
@@ -55,3 +55,30 @@ def gap_table(shares: dict[str, dict], gap: float) -> str:
                      + ", ".join(f"{x:+.0%}" for x in s["per_seed"])
                      + f" | {'met' if s['quarter_closed'] else 'not met'} |")
     return "\n".join(lines)
+
+
+def gap_plot(shares: dict[str, dict], gap: float, path: Path, title: str) -> Optional[Path]:
+    """Each pair's share of the gap closed: a bar at the mean (error bar: std over seeds), a dot per seed, and
+    lines at 0 (source-only on the synthetic source), 1/4 (the goal) and 1 (source-only on real source images);
+    ``None`` when matplotlib is missing or there is nothing to plot."""
+    plt = pyplot()
+    if plt is None or not shares:
+        return None
+    names = list(shares)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(names), 4.0))
+    for i, name in enumerate(names):
+        s = shares[name]
+        ax.bar(i, s["mean"], yerr=s["std"], capsize=4, color="tab:blue", alpha=0.6)
+        ax.plot([i] * len(s["per_seed"]), s["per_seed"], "k.", ms=7)
+    for level, text, style in ((0.0, "source-only (synthetic source)", "-"), (0.25, "goal: 1/4 of the gap", "--"),
+                               (1.0, "source-only (real source)", ":")):
+        ax.axhline(level, color="grey", lw=0.9, ls=style)
+        ax.annotate(text, (-0.5, level), fontsize=7, color="grey", xytext=(2, 2), textcoords="offset points")
+    ax.set_xticks(range(len(names)), [n.replace(" - ", "\n- ") for n in names], fontsize=7)
+    ax.set_ylabel(f"paired gain / gap ({gap:.1f} mIoU points)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
