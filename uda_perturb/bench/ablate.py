@@ -31,6 +31,7 @@ from .report import (
     paired_differences,
     pyplot,
     results_folder,
+    save_figure,
     select_variant,
     write_results,
 )
@@ -97,10 +98,7 @@ def plot_eps_sweep(agg: dict, reference: dict, source: str, target: str, path: P
     axes[0].set_ylabel("mIoU (%)")
     axes[0].legend(fontsize=8)
     fig.text(0.5, -0.02, "dotted: source-only warm start", ha="center", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 def plot_dacs_radius(agg: dict, reference: dict, source: str, target: str, path: Path,
@@ -126,10 +124,7 @@ def plot_dacs_radius(agg: dict, reference: dict, source: str, target: str, path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.text(0.5, -0.02, "dotted: source-only warm starts (mean)", ha="center", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 def _row(name: str, a: dict, s: str, t: str, seeds: object = None) -> str:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .report import _stats, paired_differences, pyplot
+from .report import _stats, paired_differences, pyplot, save_figure
 from .runner import Run
 
 
@@ -78,7 +78,4 @@ def gap_plot(shares: dict[str, dict], gap: float, path: Path, title: str) -> Opt
     ax.set_ylabel(f"paired gain / gap ({gap:.1f} mIoU points)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)

@@ -106,6 +106,14 @@ def pyplot() -> Any:
     return plt
 
 
+def save_figure(plt: Any, fig: Any, path: Path) -> Path:
+    """Lay out, write (120 dpi, cropped to its content) and close a benchmark figure; returns ``path``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def aggregate(runs: Sequence[Run]) -> dict[str, dict]:
     """``{label: {split: {metric: (mean, std, n)}, "iou": {split: {class: (mean, std)}}}}`` over seeds."""
     by_label: dict[str, list[dict]] = {}
@@ -232,10 +240,7 @@ def cost_plot(agg: dict[str, dict], costs: dict[str, dict[str, float]], split: s
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 def longest_wall(results_json: Path, wall: float) -> float:
