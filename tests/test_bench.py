@@ -117,6 +117,8 @@ def test_paired_differences_are_taken_seed_by_seed(tmp_path):
     assert diffs["a - b"]["miou"]["per_seed"] == [1.0, 3.0]
     assert diffs["c - b"]["miou"]["n"] == 1  # only seed 0 has both
     assert "| a - b | +2.0 ± 1.0 | +2.5 ± 1.5 | +1.0 ± 0.0 | +1.0, +3.0 |" in differences_table(diffs, "t")
+    # one seed has no spread: its row shows the difference alone, never a "± 0.0" that reads as certainty
+    assert "| c - b | -23.0 | +0.0 | -38.0 | -23.0 |" in differences_table(diffs, "t")
 
 
 def test_mutation_runs_every_configured_module_against_existing_test_files():

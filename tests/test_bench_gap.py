@@ -34,6 +34,8 @@ def test_gap_table_rows():
     table = gap_table(gap_closed(diffs(a=[3.0, 5.0]), 8.0), 8.0)
     assert "| pair | gain / gap (8.0 points) |" in table
     assert "| a | +50% ± 12% | +38%, +62% | met |" in table
+    one = gap_table(gap_closed(diffs(b=[4.0]), 8.0), 8.0)
+    assert "| b | +50% | +50% | needs 2+ seeds |" in one  # one seed: no "± 0%", and the goal is undecided
 
 
 def test_read_gap_is_real_minus_rendered_and_none_without_a_record(tmp_path):

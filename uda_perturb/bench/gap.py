@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .report import _stats, paired_differences, pyplot, save_figure
+from .report import _stats, mean_std, paired_differences, pyplot, save_figure
 from .runner import Run
 
 
@@ -47,13 +47,14 @@ def closed_by_method(runs: Sequence[Run], methods: Sequence[str], suffixes: Sequ
 
 
 def gap_table(shares: dict[str, dict], gap: float) -> str:
-    """Markdown: share of the gap closed (mean ± std, per seed) and whether the quarter goal is met."""
+    """Markdown: share of the gap closed (mean ± std, per seed) and whether the quarter goal is met (which one seed,
+    having no spread, cannot decide)."""
     lines = [f"| pair | gain / gap ({gap:.1f} points) | per seed | >= 1/4 of the gap and > 2 std |",
              "|---|---|---|---|"]
     for pair, s in shares.items():
-        lines.append(f"| {pair} | {s['mean']:+.0%} ± {s['std']:.0%} | "
-                     + ", ".join(f"{x:+.0%}" for x in s["per_seed"])
-                     + f" | {'met' if s['quarter_closed'] else 'not met'} |")
+        goal = "met" if s["quarter_closed"] else "not met" if s["n"] > 1 else "needs 2+ seeds"
+        lines.append(f"| {pair} | {mean_std(s, 0, signed=True, percent=True)} | "
+                     + ", ".join(f"{x:+.0%}" for x in s["per_seed"]) + f" | {goal} |")
     return "\n".join(lines)
 
 

@@ -171,11 +171,14 @@ def per_class_table(agg: dict[str, dict], split: str) -> str:
     return "\n".join(lines)
 
 
-def mean_std(s: dict, digits: int = 1) -> str:
-    """``"mean ± std"`` of one aggregated metric (just the mean for a single seed, ``-`` when undefined)."""
+def mean_std(s: dict, digits: int = 1, signed: bool = False, percent: bool = False) -> str:
+    """``"mean ± std"`` of one aggregated metric (just the mean for a single seed, whose spread is unknown, not 0;
+    ``-`` when undefined); ``signed``: a leading + on gains; ``percent``: fractions written as percentages."""
     if s["mean"] != s["mean"]:
         return "-"
-    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}" if s.get("n", 1) > 1 else f"{s['mean']:.{digits}f}"
+    kind = "%" if percent else "f"
+    mean = f"{s['mean']:{'+' if signed else ''}.{digits}{kind}}"
+    return f"{mean} ± {s['std']:.{digits}{kind}}" if s.get("n", 1) > 1 else mean
 
 
 def plot(agg: dict[str, dict], split: str, path: Path, title: str) -> Optional[Path]:
@@ -272,10 +275,11 @@ def paired_differences(runs: Sequence[Run], pairs: Sequence[tuple[str, str]], sp
 
 
 def differences_table(diffs: dict[str, dict[str, dict]], split: str) -> str:
-    """Markdown: paired differences (mean ± std over seeds, and the per-seed values) of mIoU, tail and head."""
+    """Markdown: paired differences (mean ± std over seeds, the mean alone for one seed, and the per-seed values)
+    of mIoU, tail and head."""
     lines = [f"| pair ({split}) | mIoU | tail mIoU | head mIoU | mIoU per seed |", "|---|---|---|---|---|"]
     for pair, d in diffs.items():
-        cells = [f"{d[m]['mean']:+.1f} ± {d[m]['std']:.1f}" for m in ("miou", "miou_tail", "miou_head")]
+        cells = [mean_std(d[m], 1, signed=True) for m in ("miou", "miou_tail", "miou_head")]
         lines.append(f"| {pair} | " + " | ".join(cells) + " | " + ", ".join(f"{x:+.1f}" for x in d["miou"]["per_seed"])
                      + " |")
     return "\n".join(lines)
