@@ -7,7 +7,8 @@ from helpers import raises_exactly
 
 from uda_perturb import Perturber
 from uda_perturb.defenses import CrossEntropyDefense, KLDefense
-from uda_perturb.perturb import PerturbStats, _resolve, _summary
+from uda_perturb.objective_spec import resolve as _resolve
+from uda_perturb.perturb import PerturbStats, _summary
 from uda_perturb.registry import DEFENSES
 
 

@@ -2,12 +2,14 @@
 discriminator joins the attack unless ``use_discriminator=False``, a side with weight 0 is skipped (and only
 it), class weights reach the source CE defense (and the mixed one only with ``mix_class_weights``), its
 statistics, ``needs_target``, and the discriminator's loss on perturbed predictions with ``d_on_perturbed``."""
+import pytest
 import torch
 import torch.nn.functional as F
 from helpers import tiny_config
 
 import uda_perturb as up
 import uda_perturb.engine  # noqa: F401  (up.engine.build_model)
+from uda_perturb.errors import ConfigError
 from uda_perturb.losses import upsample
 from uda_perturb.methods import build_method
 from uda_perturb.methods.perturbation_addon import PerturbationAddon
@@ -57,7 +59,9 @@ def test_a_side_with_weight_zero_is_skipped_and_only_it():
     method, state = setup({"name": "perturbation", "lambda_target": 0.0})
     losses, stats = method.addons[0](method, state)
     assert set(losses) == {"def_source", "def_mixed"}
-    assert set(stats) == {"source_norm", "source_moved", "mixed_norm", "mixed_moved"}
+    per_objective = {f"{side}_{obj}_{k}" for side in ("source", "mixed") for obj in ("classifier", "discriminator")
+                     for k in ("cos", "gnorm")}
+    assert set(stats) == {"source_norm", "source_moved", "mixed_norm", "mixed_moved"} | per_objective
     assert not method.addons[0].needs_target and PerturbationAddon(lambda_target=0.1).needs_target
 
 
@@ -85,6 +89,30 @@ def test_statistics_and_the_attack_gain_when_tracked():
     ref = direct(method, state, track_attack_loss=True)
     assert stats["source_norm"] == ref.stats.mean_norm and stats["source_moved"] == ref.stats.fraction_perturbed
     assert stats["source_attack_gain"] == ref.stats.attack_loss_after - ref.stats.attack_loss_before
+    for obj in ("classifier", "discriminator"):  # how each objective took part in the step
+        assert stats[f"source_{obj}_cos"] == ref.stats.objectives[obj].step_cosine
+        assert stats[f"source_{obj}_gnorm"] == ref.stats.objectives[obj].grad_norm_ratio
+    assert 0.3 < stats["source_discriminator_cos"] < 1.0 and stats["source_classifier_gnorm"] == 1.0
+
+
+def test_the_add_on_and_apoda_use_the_balanced_rule_and_a_recipe_reaches_sum():
+    assert PerturbationAddon()._perturber("source", "softmax").combine == "balanced"
+    assert PerturbationAddon(combine="sum")._perturber("target", "softmax").combine == "sum"
+    cfg = tiny_config("apoda", "method.options={ndf: 4, perturbation: {combine: sum}}")
+    method = build_method("apoda", up.engine.build_model(cfg), [], dict(cfg.method.options))
+    assert method.addons[0]._perturber("source", "softmax").combine == "sum"
+    with pytest.raises(ConfigError, match="did you mean 'method.options.perturbation.combine'"):
+        tiny_config("apoda", "method.options={perturbation: {combin: sum}}")
+
+
+def test_the_progress_line_shows_how_each_objective_steers():
+    from uda_perturb.engine.trainer import progress_line
+
+    logs = {"g/seg": 1.0, "perturb/source_classifier_cos": 0.712, "perturb/source_discriminator_cos": 0.695,
+            "perturb/source_discriminator_gnorm": 0.01}
+    line = progress_line(10, 100, logs, 5.0, 10)
+    assert line.endswith("  attack cos source/classifier 0.71 source/discriminator 0.69")
+    assert "attack cos" not in progress_line(10, 100, {"g/seg": 1.0}, 5.0, 10)
 
 
 def test_the_discriminator_learns_perturbed_predictions_only_with_d_on_perturbed():

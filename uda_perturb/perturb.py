@@ -5,29 +5,38 @@ adds on the features it already computed (no extra backbone pass).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence, Union
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, cast
 
 import torch
 from torch import nn
 
+from .attack_combination import (
+    COMBINE_MODES,
+    ObjectiveStats,
+    ObjectiveTracker,
+    balanced_direction,
+    objective_gradients,
+    position_norm,
+    unit_direction,
+    unit_l2,
+)
 from .losses import IGNORE_INDEX
 from .model_state import frozen_state
 from .models.discriminators import DISCRIMINATOR_INPUTS
 from .objective_context import Classifier, ObjectiveContext
-from .registry import ATTACKS, DEFENSES, Registry
+from .objective_spec import ObjectiveSpec, Term, resolve
+from .perturb_checks import check_inputs, check_label_values
+from .registry import ATTACKS, DEFENSES
 
 NORMS = ("l2", "linf")
 EPS_MODES = ("absolute", "relative")
-DOMAINS = ("source", "target")
 _TINY = 1e-12
-
-ObjectiveSpec = Union[str, Mapping[str, Any], nn.Module, Sequence[Union[str, Mapping[str, Any], nn.Module]]]
-
 
 @dataclass
 class PerturbStats:
-    """Summary of one perturbation: per-position L2 norms of ``f* - f`` and the share of positions moved."""
+    """Summary of one perturbation: per-position L2 norms of ``f* - f``, the share of positions moved, and,
+    with several attack objectives, how each took part (``objectives``: name -> :class:`ObjectiveStats`)."""
 
     mean_norm: float
     max_norm: float
@@ -35,6 +44,7 @@ class PerturbStats:
     fraction_perturbed: float
     attack_loss_before: float
     attack_loss_after: Optional[float] = None
+    objectives: dict[str, ObjectiveStats] = field(default_factory=dict)
 
 
 @dataclass
@@ -48,49 +58,11 @@ class PerturbResult:
     adv_logits: torch.Tensor
 
 
-@dataclass
-class _Term:
-    name: str
-    weight: float
-    module: nn.Module
-
-
-def _resolve(registry: Registry, spec: ObjectiveSpec, weights: Optional[Mapping[str, float]]) -> list[_Term]:
-    """Turn names / ``{name: weight}`` / ``{"name":..., "weight":..., **kw}`` / modules into weighted terms."""
-    if isinstance(spec, (str, nn.Module)):
-        spec = [spec]
-    elif isinstance(spec, Mapping) and "name" not in spec:  # {name: weight}
-        spec = [{"name": k, "weight": v} for k, v in spec.items()]
-    elif isinstance(spec, Mapping):
-        spec = [spec]
-    terms = []
-    for item in spec:
-        if isinstance(item, nn.Module):
-            name, weight, module = type(item).__name__, 1.0, item
-        elif isinstance(item, str):
-            name, weight, module = item, 1.0, registry.build(item)
-        else:
-            cfg = dict(item)
-            weight = float(cfg.pop("weight", 1.0))
-            name = cfg["name"]
-            module = registry.build(cfg)
-        if weights and name in weights:
-            weight = float(weights[name])
-        terms.append(_Term(name, weight, module))
-    if not terms:
-        raise ValueError(f"at least one {registry.kind} is needed")
-    return terms
-
-
-def _position_norm(x: torch.Tensor) -> torch.Tensor:
-    return x.float().norm(dim=1, keepdim=True)
-
-
 def _summary(delta: torch.Tensor, f0: torch.Tensor, moved: torch.Tensor, loss_before: float,
              loss_after: Optional[float]) -> PerturbStats:
     """Per-position norms of the displacement ``delta`` of ``f0``, and the share of positions ``moved``."""
-    norms = _position_norm(delta)
-    rel = norms / (_position_norm(f0) + _TINY)
+    norms = position_norm(delta)
+    rel = norms / (position_norm(f0) + _TINY)
     return PerturbStats(float(norms.mean()), float(norms.max()), float(rel.mean()), float(moved.float().mean()),
                         loss_before, loss_after)
 
@@ -111,10 +83,31 @@ class Perturber(nn.Module):
         project: project onto the per-position ball after each step.
         bn_mode: BatchNorm during attack steps: ``"eval"`` (running stats) or ``"batch"`` (buffers restored).
         discriminator_input: what D sees: ``softmax`` of logits, ``entropy`` map, or ``features``.
-        channels_last: run the attack's passes on channels-last features (same values; on CPU the input
-            gradient of a dilated ASPP head is about 3x faster this way).
+        channels_last: run the attack's passes on channels-last features (``True``, default), contiguous ones
+            (``False``), or in the features' own layout (``None``). The values are the same up to rounding. It
+            was chosen when it made a dilated ASPP head's input gradient about 3x faster on CPU; with torch 2.14
+            the conversion measured 5-15% slower on both heads timed (DeepLab-v2 ASPP on ResNet-50, DeepLab-v3 on
+            EfficientNet-Lite0), so ``None`` is faster there. The default stays so that earlier results are
+            reproduced bit for bit.
         track_attack_loss: also evaluate the attack objective at ``f*`` (``stats.attack_loss_after``); this
             costs one more discriminator pass, so it is off by default.
+        combine: how several attack objectives make one step (one objective: all three are the same).
+            ``"balanced"`` (default): each objective's own input gradient is turned into its per-position
+            direction (L2: divided by its norm over channels; Linf: its sign), the directions are summed with the
+            ``attack_weights``, and the sum is normalised as one objective's gradient would be. Each objective
+            then counts by its weight, not by the size of its gradient: on our models the classifier's input
+            gradient is 40-230x the discriminator's, and the summed loss steps in the classifier's direction
+            alone (cosine 0.9998), leaving the discriminator attack without effect. Costs one more backward
+            through the classifier per extra objective (the forward is shared).
+            ``"sum"``: the gradient of the weighted sum of the objectives, normalised (the rule before
+            ``balanced``; bit for bit the earlier results).
+            ``"separate"``: one ``f*`` per objective, each at the full radius; the defense loss is the mean of
+            the defense over them, so it costs one more defense pass (classifier forward and backward) per extra
+            objective. ``perturbed`` and ``adv_logits`` then hold the objectives' results one after another
+            along the batch dimension (``n_objectives * B``), in the order of ``attacks``.
+        objective_stats: fill ``stats.objectives`` (per-objective step cosine and gradient-norm ratio). ``None``
+            (default): whenever it is free, i.e. with several objectives under ``balanced`` or ``separate``;
+            ``True`` also under ``sum``, at the cost of one backward per objective.
     """
 
     def __init__(self, attacks: Optional[ObjectiveSpec] = None, defenses: Optional[ObjectiveSpec] = None, *,
@@ -123,8 +116,9 @@ class Perturber(nn.Module):
                  bn_mode: str = "eval", discriminator_input: str = "softmax",
                  attack_weights: Optional[Mapping[str, float]] = None,
                  defense_weights: Optional[Mapping[str, float]] = None,
-                 ignore_index: int = IGNORE_INDEX, channels_last: bool = True,
-                 track_attack_loss: bool = False) -> None:
+                 ignore_index: int = IGNORE_INDEX, channels_last: Optional[bool] = True,
+                 track_attack_loss: bool = False, combine: str = "balanced",
+                 objective_stats: Optional[bool] = None) -> None:
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -138,6 +132,8 @@ class Perturber(nn.Module):
             raise ValueError(f"alpha must be positive, got {alpha}")
         if bn_mode not in ("eval", "batch"):
             raise ValueError(f"bn_mode must be 'eval' or 'batch', got {bn_mode!r}")
+        if combine not in COMBINE_MODES:
+            raise ValueError(f"combine must be one of {COMBINE_MODES}, got {combine!r}")
         if discriminator_input not in DISCRIMINATOR_INPUTS:
             raise ValueError(f"discriminator_input must be one of {DISCRIMINATOR_INPUTS}, got {discriminator_input!r}")
         self.eps, self.steps, self.norm, self.eps_mode = float(eps), int(steps), norm, eps_mode
@@ -145,47 +141,46 @@ class Perturber(nn.Module):
         self.random_start, self.project, self.bn_mode = random_start, project, bn_mode
         self.discriminator_input, self.ignore_index = discriminator_input, ignore_index
         self.channels_last, self.track_attack_loss = channels_last, track_attack_loss
+        self.combine, self.objective_stats = combine, objective_stats
         self._attack_spec, self._defense_spec = attacks, defenses
         self._attack_weights, self._defense_weights = attack_weights, defense_weights
-        self.attack_terms = _resolve(ATTACKS, attacks, attack_weights) if attacks is not None else None
-        self.defense_terms = _resolve(DEFENSES, defenses, defense_weights) if defenses is not None else None
-        self._default_terms: dict[str, list[_Term]] = {}
+        self.attack_terms = resolve(ATTACKS, attacks, attack_weights) if attacks is not None else None
+        self.defense_terms = resolve(DEFENSES, defenses, defense_weights) if defenses is not None else None
+        self._default_terms: dict[str, list[Term]] = {}
 
     # ----------------------------------------------------------------------------------------- helpers
-    def _attacks_for(self, discriminator: Optional[nn.Module]) -> list[_Term]:
+    def _attacks_for(self, discriminator: Optional[nn.Module]) -> list[Term]:
         if self.attack_terms is not None:
             return self.attack_terms
         key = f"attacks:{discriminator is not None}"
         if key not in self._default_terms:  # built once: the default recipe depends only on having a D
             names = ["classifier"] + (["discriminator"] if discriminator is not None else [])
-            self._default_terms[key] = _resolve(ATTACKS, names, self._attack_weights)
+            self._default_terms[key] = resolve(ATTACKS, names, self._attack_weights)
         return self._default_terms[key]
 
-    def _defenses_for(self, domain: str) -> list[_Term]:
+    def _defenses_for(self, domain: str) -> list[Term]:
         if self.defense_terms is not None:
             return self.defense_terms
         key = f"defenses:{domain}"
         if key not in self._default_terms:
-            self._default_terms[key] = _resolve(DEFENSES, "ce" if domain == "source" else "kl", self._defense_weights)
+            self._default_terms[key] = resolve(DEFENSES, "ce" if domain == "source" else "kl", self._defense_weights)
         return self._default_terms[key]
 
     def _radius(self, f0: torch.Tensor, value: float) -> torch.Tensor:
         """Per-position radius ``B x 1 x h x w`` (or a scalar tensor for absolute eps)."""
         if self.eps_mode == "absolute":
             return torch.tensor(value, dtype=torch.float32, device=f0.device)
-        scale = _position_norm(f0)
+        scale = position_norm(f0)
         if self.norm == "linf":
             scale = scale / f0.shape[1] ** 0.5
         return value * scale
 
     def _direction(self, g: torch.Tensor) -> torch.Tensor:
-        if self.norm == "l2":
-            return g / (_position_norm(g) + _TINY)
-        return g.sign()
+        return unit_direction(g, self.norm)
 
     def _project(self, delta: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
         if self.norm == "l2":
-            n = _position_norm(delta)
+            n = position_norm(delta)
             return delta * torch.clamp(radius / (n + _TINY), max=1.0)
         return torch.maximum(torch.minimum(delta, radius), -radius)
 
@@ -193,50 +188,45 @@ class Perturber(nn.Module):
         if self.norm == "l2":
             d = torch.randn(f0.shape, device=f0.device, dtype=torch.float32)
             u = torch.rand((f0.shape[0], 1, *f0.shape[2:]), device=f0.device)
-            return d / (_position_norm(d) + _TINY) * radius * u
+            return d / (position_norm(d) + _TINY) * radius * u
         return (torch.rand(f0.shape, device=f0.device) * 2 - 1) * radius
 
-    def _validate(self, features: torch.Tensor, labels: Optional[torch.Tensor], domain: str,
-                  discriminator: Optional[nn.Module], attacks: list[_Term], defenses: list[_Term]) -> None:
-        if not isinstance(features, torch.Tensor) or features.dim() != 4:
-            shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
-            raise ValueError(f"features must be a B x C x h x w tensor, got {shape}")
-        if not features.is_floating_point():
-            raise TypeError(f"features must be floating point, got {features.dtype}")
-        if not bool(torch.isfinite(features).all()):
-            raise ValueError("features contain NaN or Inf; refusing to perturb them")
-        if domain not in DOMAINS:
-            raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
-        if labels is not None:
-            if labels.dim() != 3 or labels.shape[0] != features.shape[0]:
-                raise ValueError(f"labels must be B x H x W with B={features.shape[0]}, got {tuple(labels.shape)}")
-            if labels.is_floating_point():
-                raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
-        controls = [t.name for t in attacks if getattr(t.module, "gradient_free", False)]
-        if controls and len(attacks) > 1:
-            raise ValueError(f"control perturbation {controls[0]!r} replaces the attacks: use it alone, not with "
-                             f"{[t.name for t in attacks if t.name not in controls]}")
-        for t in attacks:
-            if getattr(t.module, "needs_discriminator", False) and discriminator is None:
-                raise ValueError(f"attack {t.name!r} needs a discriminator: pass discriminator=...")
-        for t in defenses:
-            if getattr(t.module, "needs_labels", False) and labels is None:
-                raise ValueError(f"defense {t.name!r} needs labels (source data); use 'kl', 'entropy' or "
-                                 "'pseudo_ce' on target data")
-
     @staticmethod
-    def _check_label_values(labels: torch.Tensor, num_classes: int, ignore_index: int) -> None:
-        bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
-        if bool(bad.any()):
-            vals = sorted(set(labels[bad].unique().tolist()))[:10]
-            raise ValueError(f"labels hold values {vals} outside [0, {num_classes}) other than the ignore "
-                             f"index {ignore_index}")
-
-    @staticmethod
-    def _attack_loss(terms: list[_Term], ctx: ObjectiveContext, f: torch.Tensor,
+    def _attack_loss(terms: list[Term], ctx: ObjectiveContext, f: torch.Tensor,
                      logits: Optional[torch.Tensor] = None) -> torch.Tensor:
         logits = ctx.classifier(f) if logits is None else logits
         return sum(t.weight * t.module(ctx, f, logits) for t in terms)  # type: ignore[return-value]
+
+    def _groups(self, attacks: list[Term]) -> list[list[Term]]:
+        """The objectives that make one ``f*`` together: all of them, or each alone under ``separate``."""
+        if self.combine == "separate" and len(attacks) > 1:
+            return [[t] for t in attacks]
+        return [attacks]
+
+    def _attack_point(self, f0: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        f = (f0.float() + delta).to(f0.dtype)
+        if self.channels_last is not None:
+            f = f.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        return f.requires_grad_(True)
+
+    def _step(self, terms: list[Term], values: list[torch.Tensor], f: torch.Tensor, scale: float,
+              want_parts: bool) -> tuple[torch.Tensor, Optional[list[tuple[torch.Tensor, torch.Tensor]]]]:
+        """``(combined gradient, or sum of directions, before normalisation; each objective's (unit gradient,
+        gradient norm) when wanted)`` of one attack step (gradients of the weighted terms)."""
+        if len(terms) == 1 or self.combine == "sum":
+            loss = cast(torch.Tensor, sum(t.weight * v for t, v in zip(terms, values)))
+            each = want_parts and len(terms) > 1
+            (g,) = torch.autograd.grad(loss * scale, f, retain_graph=each)
+            if not want_parts:
+                return g.float(), None
+            grads = objective_gradients([t.weight * v for t, v in zip(terms, values)], f, scale) if each \
+                else [g.float()]
+            return g.float(), [unit_l2(x) for x in grads]
+        # balanced: gradients of the weighted terms, so that a negative weight turns its direction round
+        grads = objective_gradients([t.weight * v for t, v in zip(terms, values)], f, scale)
+        parts = [unit_l2(g) for g in grads]
+        combined = balanced_direction(grads, [u for u, _ in parts], [abs(t.weight) for t in terms], self.norm)
+        return combined, parts
 
     # --------------------------------------------------------------------------------------- public API
     def perturb(self, features: torch.Tensor, classifier: Classifier, *, labels: Optional[torch.Tensor] = None,
@@ -255,63 +245,104 @@ class Perturber(nn.Module):
         ``class_weights`` weight the label-based ``ce`` defense per class (attacks stay unweighted: an L2
         step is normalised per position, so they only set directions); ``pixel_weights`` (``B x H x W``) weight
         its label pixels, as self-training weighs pseudo-labels.
+        Several objectives make one step by the ``combine`` rule; under ``separate`` ``f*`` holds one result
+        per objective along the batch dimension. Every objective shares the classifier's forward pass.
         A gradient-free control (``random``, ``dropout``) in place of the attacks displaces the features
         directly: no gradient pass, the same radius.
         """
         attacks = self._attacks_for(discriminator)
-        self._validate(features, labels, domain, discriminator, attacks, self._defenses_for(domain))
+        check_inputs(features, labels, domain, discriminator, attacks, self._defenses_for(domain))
         f0 = features.detach()
         if getattr(attacks[0].module, "gradient_free", False):
             return self._control(attacks[0], f0, classifier, labels, domain, discriminator, clean_logits,
                                  output_size, class_weights, pixel_weights)
+        groups = self._groups(attacks)
+        want_grads = len(attacks) > 1 and (self.combine != "sum" if self.objective_stats is None
+                                           else self.objective_stats)
+        tracker = ObjectiveTracker([t.name for t in attacks]) if want_grads else None
         modules = [m for m in (classifier, discriminator) if isinstance(m, nn.Module)]
         with frozen_state(*modules, bn_mode=self.bn_mode), torch.enable_grad():
             radius = self._radius(f0, self.eps)
             alpha = self._radius(f0, self.alpha)
-            delta = self._random_start(f0, radius) if self.random_start else torch.zeros_like(f0, dtype=torch.float32)
-            moved = torch.zeros((f0.shape[0], 1, *f0.shape[2:]), dtype=torch.bool, device=f0.device)
+            deltas = [self._random_start(f0, radius) if self.random_start else torch.zeros_like(f0, dtype=torch.float32)
+                      for _ in groups]
+            moved = [torch.zeros((f0.shape[0], 1, *f0.shape[2:]), dtype=torch.bool, device=f0.device) for _ in groups]
             # Scaling the loss by the number of positions keeps fp16 gradients of a pixel-mean loss from
             # underflowing; the direction is normalised, so the scale does not change the result.
             scale = float(f0.shape[0] * f0.shape[2] * f0.shape[3])
             ctx: Optional[ObjectiveContext] = None
             loss_before = 0.0
             for step in range(self.steps):
-                f = (f0.float() + delta).to(f0.dtype)
-                if self.channels_last:  # input gradients of (dilated) convs are several times faster so
-                    f = f.contiguous(memory_format=torch.channels_last)
-                f = f.requires_grad_(True)
-                logits = classifier(f)
-                if ctx is None:
-                    if clean_logits is None:
-                        if self.random_start:
-                            with torch.no_grad():
-                                clean_logits = classifier(f0)
-                        else:
-                            clean_logits = logits
-                    if labels is not None:
-                        self._check_label_values(labels, clean_logits.shape[1], self.ignore_index)
-                    ctx = ObjectiveContext(classifier, domain, clean_logits.detach(), labels, discriminator,
-                                           self.discriminator_input, output_size, self.ignore_index,
-                                           class_weights, pixel_weights)
-                loss = self._attack_loss(attacks, ctx, f, logits)
-                if step == 0:
-                    loss_before = float(loss.detach())
-                (g,) = torch.autograd.grad(loss * scale, f)
-                g = g.float()
-                moved |= _position_norm(g) > 0
-                delta = delta + alpha * self._direction(g)
-                if self.project:
-                    delta = self._project(delta, radius)
-            delta = delta * moved  # positions without gradient (ignored pixels) stay put
-            perturbed = (f0.float() + delta).to(f0.dtype).contiguous().detach()
+                # ``separate`` from f0: every objective starts at the same point, so one pass serves them all
+                shared: Optional[list[torch.Tensor]] = None
+                if len(groups) > 1 and step == 0 and not self.random_start:
+                    f = self._attack_point(f0, deltas[0])
+                    logits = classifier(f)
+                    ctx = self._context(classifier, f0, logits, clean_logits, labels, domain, discriminator,
+                                        output_size, class_weights, pixel_weights)
+                    values = [t.weight * t.module(ctx, f, logits) for t in attacks]
+                    loss_before = float(sum(v.detach() for v in values))
+                    shared = objective_gradients(values, f, scale)
+                tracked: tuple[list, list, list] = ([], [], [])  # each objective's unit gradient, norm, step
+                for i, terms in enumerate(groups):
+                    parts: Optional[list[tuple[torch.Tensor, torch.Tensor]]]
+                    if shared is not None:
+                        combined, parts = shared[i], ([unit_l2(shared[i])] if want_grads else None)
+                    else:
+                        f = self._attack_point(f0, deltas[i])
+                        logits = classifier(f)
+                        if ctx is None:
+                            ctx = self._context(classifier, f0, logits, clean_logits, labels, domain, discriminator,
+                                                output_size, class_weights, pixel_weights)
+                        values = [t.module(ctx, f, logits) for t in terms]
+                        if step == 0:
+                            loss_before += float(sum(t.weight * v.detach() for t, v in zip(terms, values)))
+                        combined, parts = self._step(terms, values, f, scale, want_grads)
+                    moved[i] |= position_norm(combined) > 0
+                    direction = self._direction(combined)
+                    deltas[i] = deltas[i] + alpha * direction
+                    if self.project:
+                        deltas[i] = self._project(deltas[i], radius)
+                    if parts is not None:
+                        tracked[0].extend(u for u, _ in parts)
+                        tracked[1].extend(n for _, n in parts)
+                        tracked[2].extend([direction] * len(parts))
+                if tracker is not None:
+                    tracker.record(*tracked)
+            deltas = [d * m for d, m in zip(deltas, moved)]  # positions without gradient (ignored pixels) stay put
+            chunks = [(f0.float() + d).to(f0.dtype).contiguous().detach() for d in deltas]
+            perturbed = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
             loss_after = None
             if measure:
                 with torch.no_grad():
-                    loss_after = float(self._attack_loss(attacks, ctx, perturbed))  # type: ignore[arg-type]
+                    assert ctx is not None
+                    loss_after = 0.0
+                    for terms, c in zip(groups, chunks):
+                        loss_after += float(self._attack_loss(terms, ctx, c))
         assert ctx is not None
-        return perturbed, _summary(delta, f0, moved, loss_before, loss_after), ctx
+        stats = _summary(torch.cat(deltas), f0.repeat(len(groups), 1, 1, 1), torch.cat(moved), loss_before,
+                         loss_after)
+        if tracker is not None:
+            stats.objectives = tracker.result()
+        return perturbed, stats, ctx
 
-    def _control(self, term: _Term, f0: torch.Tensor, classifier: Classifier, labels: Optional[torch.Tensor],
+    def _context(self, classifier: Classifier, f0: torch.Tensor, logits: torch.Tensor,
+                 clean_logits: Optional[torch.Tensor], labels: Optional[torch.Tensor], domain: str,
+                 discriminator: Optional[nn.Module], output_size: Optional[tuple[int, int]],
+                 class_weights: Optional[torch.Tensor], pixel_weights: Optional[torch.Tensor]) -> ObjectiveContext:
+        """The objectives' context, its clean logits from the caller, else from the first attack pass (at f0)."""
+        if clean_logits is None:
+            if self.random_start:
+                with torch.no_grad():
+                    clean_logits = classifier(f0)
+            else:
+                clean_logits = logits
+        if labels is not None:
+            check_label_values(labels, clean_logits.shape[1], self.ignore_index)
+        return ObjectiveContext(classifier, domain, clean_logits.detach(), labels, discriminator,
+                                self.discriminator_input, output_size, self.ignore_index, class_weights, pixel_weights)
+
+    def _control(self, term: Term, f0: torch.Tensor, classifier: Classifier, labels: Optional[torch.Tensor],
                  domain: str, discriminator: Optional[nn.Module], clean_logits: Optional[torch.Tensor],
                  output_size: Optional[tuple[int, int]], class_weights: Optional[torch.Tensor],
                  pixel_weights: Optional[torch.Tensor]) -> tuple[torch.Tensor, PerturbStats, ObjectiveContext]:
@@ -321,13 +352,13 @@ class Perturber(nn.Module):
             with torch.no_grad(), frozen_state(*modules, bn_mode=self.bn_mode):
                 clean_logits = classifier(f0)
         if labels is not None:
-            self._check_label_values(labels, clean_logits.shape[1], self.ignore_index)
+            check_label_values(labels, clean_logits.shape[1], self.ignore_index)
         ctx = ObjectiveContext(classifier, domain, clean_logits.detach(), labels, discriminator,
                                self.discriminator_input, output_size, self.ignore_index, class_weights, pixel_weights)
         with torch.no_grad():
             delta = term.module.displacement(f0.float(), self._radius(f0, self.eps), self.norm)  # type: ignore
         perturbed = (f0.float() + delta).to(f0.dtype).contiguous().detach()
-        return perturbed, _summary(delta, f0, _position_norm(delta) > 0, 0.0, None), ctx
+        return perturbed, _summary(delta, f0, position_norm(delta) > 0, 0.0, None), ctx
 
     def forward(self, features: torch.Tensor, classifier: Classifier, *, labels: Optional[torch.Tensor] = None,
                 domain: str = "source", discriminator: Optional[nn.Module] = None,
@@ -339,12 +370,21 @@ class Perturber(nn.Module):
                                              discriminator=discriminator, clean_logits=clean_logits,
                                              output_size=output_size, class_weights=class_weights,
                                              pixel_weights=pixel_weights)
-        adv_logits = classifier(perturbed)
+        attacks = self._attacks_for(discriminator)
+        groups = [attacks] if getattr(attacks[0].module, "gradient_free", False) else self._groups(attacks)
+        chunks = perturbed.chunk(len(groups)) if len(groups) > 1 else (perturbed,)
+        adv = [classifier(c) for c in chunks]  # under ``separate``: one defense pass per objective's f*
         if self.track_attack_loss:
             with torch.no_grad(), frozen_state(discriminator):  # attack loss at f*, from the defense's own pass
-                stats.attack_loss_after = float(
-                    self._attack_loss(self._attacks_for(discriminator), ctx, perturbed, adv_logits.detach()))
-        losses = {t.name: t.weight * t.module(ctx, adv_logits) for t in self._defenses_for(domain)}
+                stats.attack_loss_after = sum(float(self._attack_loss(terms, ctx, c, a.detach()))
+                                              for terms, c, a in zip(groups, chunks, adv))
+        defenses = self._defenses_for(domain)
+        if len(adv) == 1:
+            adv_logits = adv[0]
+            losses = {t.name: t.weight * t.module(ctx, adv_logits) for t in defenses}
+        else:  # the defense of each objective's f*, averaged
+            adv_logits = torch.cat(adv)
+            losses = {t.name: t.weight * sum(t.module(ctx, a) for a in adv) / len(adv) for t in defenses}
         total = sum(losses.values())
         return PerturbResult(perturbed, total, losses, stats, adv_logits)  # type: ignore[arg-type]
 

@@ -4,8 +4,13 @@ Measured in one run, interleaved, so that the shared machine's noise hits both s
 time ratio = median(perturb_and_defend incl. its backward) / median(segmentor forward+backward), and
 peak-memory ratio of the same two on CUDA (on CPU: extra bytes allocated by the autograd graph, via
 ``torch.profiler``-free accounting of saved tensors is unreliable, so CPU reports time only plus RSS).
+Each attack-combination rule (``--combine``) gets its rows and its floor: the defense's head pass plus, per
+attack step, one classifier forward and the input gradients the rule needs (``sum``: one backward of the
+summed loss; ``balanced``: one backward per objective). The floor's per-objective gradients are also timed as
+one vmapped backward (``is_grads_batched``), to show which way is cheaper on this device.
 
     python benchmarks/perturb_overhead.py --backbone resnet50 --size 128 256 --repeats 5
+    python benchmarks/perturb_overhead.py --model camvid_pretrained --size 120 160 --batch 4 --threads 1
 """
 from __future__ import annotations
 
@@ -20,7 +25,9 @@ import torch
 
 import uda_perturb as up
 
+from ..attack_combination import COMBINE_MODES, objective_gradients
 from .report import add_results_options, check_replace, results_folder, write_results
+from .speed import MODELS
 
 
 def peak_rss_mb() -> float:
@@ -29,7 +36,11 @@ def peak_rss_mb() -> float:
 
 def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--backbone", default="resnet50")
+    ap.add_argument("--backbone", default="resnet50", help="DeepLab-v2 on this backbone (unless --model)")
+    ap.add_argument("--model", choices=sorted(MODELS), help="a model of speed.py instead (its classes too)")
+    ap.add_argument("--combine", nargs="+", default=["balanced", "sum"], choices=list(COMBINE_MODES[:2]))
+    ap.add_argument("--threads", type=int, help="torch threads")
+    ap.add_argument("--ndf", type=int, default=64, help="discriminator width")
     ap.add_argument("--size", type=int, nargs=2, default=[128, 256], metavar=("H", "W"))
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--classes", type=int, default=19)
@@ -42,10 +53,17 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     args = ap.parse_args(argv)
     out = results_folder(args, results_dir)
     check_replace(args, out, args.out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     dev = torch.device(args.device)
-    seg = up.build_segmentor("deeplabv2", backbone=args.backbone, num_classes=args.classes).to(dev).train()
-    disc = up.build_discriminator("fc", in_channels=args.classes).to(dev)
+    if args.model:
+        spec = MODELS[args.model]
+        args.classes = spec["num_classes"]
+        seg = up.build_segmentor(**spec).to(dev).train()
+    else:
+        seg = up.build_segmentor("deeplabv2", backbone=args.backbone, num_classes=args.classes).to(dev).train()
+    disc = up.build_discriminator("fc", in_channels=args.classes, ndf=args.ndf).to(dev)
     x = torch.randn(args.batch, 3, *args.size, device=dev)
     y = torch.randint(0, args.classes, (args.batch, *args.size), device=dev)
 
@@ -67,7 +85,7 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     with torch.no_grad():
         feats = seg.features(x)
 
-    def perturb_step(steps: int) -> tuple[float, float]:
+    def perturb_step(steps: int, combine: str) -> tuple[float, float]:
         seg.zero_grad(set_to_none=True)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -75,7 +93,7 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
         sync()
         t = time.perf_counter()
         out = up.perturb_and_defend(feats, seg.classifier, labels=y, discriminator=disc, steps=steps,
-                                    attacks=["classifier", "discriminator"])
+                                    attacks=["classifier", "discriminator"], combine=combine)
         out.loss.backward()
         sync()
         mem = torch.cuda.max_memory_allocated() - base if dev.type == "cuda" else 0
@@ -90,60 +108,75 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
         sync()
         return time.perf_counter() - t, 0
 
-    def attack_gradient() -> tuple[float, float]:
-        """The floor's second part: one input gradient of the attack objective (classifier + discriminator),
-        channels-last as the Perturber runs it, no parameter gradients."""
+    def attack_gradient(how: str) -> tuple[float, float]:
+        """The floor's second part: one attack step's classifier forward and input gradients (channels-last, as
+        the Perturber runs it by default; no parameter gradients): of the summed objectives (``sum``), of each
+        objective one after the other (``balanced``), or of both in one vmapped backward (``batched``)."""
         sync()
         t = time.perf_counter()
         f = feats.contiguous(memory_format=torch.channels_last).requires_grad_(True)
         logits = seg.classify(f)
         d_in = up.losses.upsample(logits, tuple(y.shape[-2:])).softmax(1)
-        loss = up.losses.seg_ce(logits, y) + up.losses.bce_to(disc(d_in), up.losses.SOURCE_LABEL)
-        torch.autograd.grad(loss, f)
+        losses = [up.losses.seg_ce(logits, y), up.losses.bce_to(disc(d_in), up.losses.SOURCE_LABEL)]
+        if how == "sum":
+            torch.autograd.grad(losses[0] + losses[1], f)
+        elif how == "balanced":
+            objective_gradients(losses, f, 1.0)
+        else:
+            torch.autograd.grad(torch.stack(losses), f, grad_outputs=torch.eye(2, device=dev), is_grads_batched=True)
         sync()
         return time.perf_counter() - t, 0
 
-    full_step(), [perturb_step(s) for s in args.steps], head_pass(), attack_gradient()  # warm-up
-    times: dict[str, list[float]] = {"full": [], "head": [], "attack": []}
+    kinds = ("sum", "balanced", "batched")
+    full_step(), [perturb_step(s, c) for s in args.steps for c in args.combine], head_pass()  # warm-up
+    [attack_gradient(k) for k in kinds]
+    times: dict[str, list[float]] = {"full": [], "head": [], **{f"attack_{k}": [] for k in kinds}}
     mems: dict[str, list[float]] = {"full": []}
-    for s in args.steps:
-        times[f"steps={s}"], mems[f"steps={s}"] = [], []
+    keys = [(s, c, f"steps={s} {c}") for c in args.combine for s in args.steps]
+    for _, _, k in keys:
+        times[k], mems[k] = [], []
     for _ in range(args.repeats):
         t, m = full_step()
         times["full"].append(t)
         mems["full"].append(m)
-        for s in args.steps:
-            t, m = perturb_step(s)
-            times[f"steps={s}"].append(t)
-            mems[f"steps={s}"].append(m)
+        for s, c, k in keys:
+            t, m = perturb_step(s, c)
+            times[k].append(t)
+            mems[k].append(m)
         times["head"].append(head_pass()[0])
-        times["attack"].append(attack_gradient()[0])
+        for kind in kinds:
+            times[f"attack_{kind}"].append(attack_gradient(kind)[0])
     med = {k: statistics.median(v) for k, v in times.items()}
-    # what steps=1 cannot go below: the defense's head pass plus one attack input gradient
-    floor = med["head"] + med["attack"]
+    # what steps=s cannot go below: the defense's head pass plus s attack steps' forward and input gradients
     rows = []
-    for s in args.steps:
-        k = f"steps={s}"
+    for s, c, k in keys:
+        floor = med["head"] + s * med[f"attack_{c}"]
         mem_ratio = (max(mems[k]) / max(mems["full"])) if dev.type == "cuda" else None
-        rows.append({"steps": s, "time_s": med[k], "time_ratio": med[k] / med["full"], "peak_mem_ratio": mem_ratio,
-                     "ratio_to_floor": med[k] / (med["head"] + s * med["attack"])})
-    payload = {"backbone": args.backbone, "input": [args.batch, 3, *args.size], "classes": args.classes,
+        rows.append({"steps": s, "combine": c, "time_s": med[k], "time_ratio": med[k] / med["full"],
+                     "peak_mem_ratio": mem_ratio, "floor_s": floor, "ratio_to_floor": med[k] / floor})
+    name = args.model or f"{args.backbone}, DeepLab-v2 head"
+    payload = {"model": args.model, "backbone": None if args.model else args.backbone,
+               "input": [args.batch, 3, *args.size], "classes": args.classes, "ndf": args.ndf,
                "device": str(dev), "repeats": args.repeats, "seed": args.seed, "full_step_s": med["full"],
-               "rows": rows, "peak_rss_mb": peak_rss_mb(), "target_time_ratio_steps1": 0.15,
-               "floor": {"head_pass_s": med["head"], "attack_gradient_s": med["attack"], "floor_s": floor,
-                         "floor_ratio_to_full": floor / med["full"]}}
-    md = [f"# perturb_and_defend overhead ({args.backbone}, DeepLab-v2 head, input {args.batch}x3x{args.size[0]}x"
-          f"{args.size[1]}, {dev})", "",
-          f"Segmentor forward+backward (median of {args.repeats}): {med['full']:.3f} s. Floor measured in the same "
-          f"run: the defense's own head pass (forward + weight gradients) {med['head']:.4f} s "
-          f"({med['head'] / med['full']:.3f}x) plus one attack input gradient {med['attack']:.4f} s "
-          f"({med['attack'] / med['full']:.3f}x) = {floor / med['full']:.3f}x a full step.", "",
-          "| steps | perturb_and_defend + backward (s) | time ratio to full step | ratio to its floor (head pass + "
-          "steps x attack gradient) | peak-memory ratio |",
-          "|---|---|---|---|---|"]
+               "threads": torch.get_num_threads(), "rows": rows, "peak_rss_mb": peak_rss_mb(),
+               "target_time_ratio_steps1": 0.15,
+               "floor": {"head_pass_s": med["head"], **{f"attack_step_{k}_s": med[f"attack_{k}"] for k in kinds}}}
+    md = [f"# perturb_and_defend overhead ({name}, input {args.batch}x3x{args.size[0]}x{args.size[1]}, {dev}, "
+          f"classifier + discriminator attack)", "",
+          f"Segmentor forward+backward (median of {args.repeats}): {med['full']:.3f} s. Floor parts measured in the "
+          f"same run: the defense's own head pass (forward + weight gradients) {med['head']:.4f} s "
+          f"({med['head'] / med['full']:.3f}x); one attack step's classifier forward and input gradients: "
+          f"summed objectives {med['attack_sum']:.4f} s ({med['attack_sum'] / med['full']:.3f}x), each objective "
+          f"in turn {med['attack_balanced']:.4f} s ({med['attack_balanced'] / med['full']:.3f}x), both in one "
+          f"vmapped backward {med['attack_batched']:.4f} s ({med['attack_batched'] / med['full']:.3f}x; the "
+          f"Perturber computes them in turn).", "",
+          "| combine | steps | perturb_and_defend + backward (s) | time ratio to full step | ratio to its floor (head "
+          "pass + steps x attack step) | peak-memory ratio |",
+          "|---|---|---|---|---|---|"]
     for r in rows:
         mem = f"{r['peak_mem_ratio']:.3f}" if r["peak_mem_ratio"] is not None else "n/a on CPU"
-        md.append(f"| {r['steps']} | {r['time_s']:.4f} | {r['time_ratio']:.3f} | {r['ratio_to_floor']:.2f} | {mem} |")
+        md.append(f"| {r['combine']} | {r['steps']} | {r['time_s']:.4f} | {r['time_ratio']:.3f} | "
+                  f"{r['ratio_to_floor']:.2f} | {mem} |")
     md += ["", "The perturbation runs on the features the step already computed: it costs classifier "
            "(and discriminator) passes, never a backbone pass. Target: time ratio at most 0.15 at steps=1."]
     js, mdp = write_results(out, args.out, payload, "\n".join(md))

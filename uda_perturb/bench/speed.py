@@ -52,6 +52,8 @@ METHODS: dict[str, tuple[str, list[Any], dict[str, Any]]] = {
     "advent": ("advent", [], {"minent_weights": [0.001]}),
     "minent": ("minent", [], {}),
     "apoda": ("apoda", [], {}),
+    "apoda_sum": ("apoda", [], {"perturbation": {"combine": "sum"}}),
+    "apoda_separate": ("apoda", [], {"perturbation": {"combine": "separate"}}),
     "apoda_steps3": ("apoda", [], {"perturbation": {"steps": 3}}),
     "advent+perturbation": ("advent", ["perturbation"], {"minent_weights": [0.001]}),
     "apoda+random": ("apoda", [], {"perturbation": {"source_attacks": ["random"], "target_attacks": ["random"]}}),

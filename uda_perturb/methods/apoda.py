@@ -13,9 +13,14 @@ from .perturbation_addon import PerturbationAddon
 
 @METHODS.register("apoda")
 class APODA(AdaptSegNet):
-    """The default recipe of APODA.md: L_seg + 0.001 L_adv (output-space D) + lambda_s CE(F(f_s*), y_s)
-    + lambda_t KL(p(f_t), p(f_t*)), where f* are pointwise perturbations of the main features attacking the
-    classifier and the discriminator. ``perturbation`` holds the :class:`PerturbationAddon` settings."""
+    """APODA as this toolkit reads the paper's abstract (its method section was not available to us, so every
+    default here is our choice, configurable): AdaptSegNet's loss ``L_seg + 0.001 L_adv`` (output-space
+    discriminator) plus the defense ``lambda_s CE(F(f_s*), y_s) + lambda_t KL(p(f_t) || p(f_t*))``, where ``f*``
+    are pointwise perturbations of the main features that attack both the classifier and the discriminator:
+    each objective's per-position direction is normalised before the two are summed (``combine: balanced``),
+    so the discriminator attack, whose gradient is 40-230x smaller than the classifier's, still steers half
+    of the step. ``perturbation`` holds the :class:`PerturbationAddon` settings (``combine: sum`` gives the
+    earlier rule, ``eps``, ``lambda_source``, ``lambda_target``, ...)."""
 
     def __init__(self, segmentor: Segmentor, addons: Sequence[nn.Module] = (), discriminator: str = "fc",
                  adv_weights: Sequence[float] = (0.001, 0.0002), ndf: int = 64, seg_aux_weight: float = 0.1,

@@ -1,7 +1,8 @@
 """The APODA perturbation defense as an add-on to any method (registry ``ADDONS``, name ``perturbation``).
 
 It perturbs the main features the method already computed (no extra backbone pass), attacking with the
-classifier and, when the method has one, its main discriminator (in whatever space that D looks at), and
+classifier and, when the method has one, its main discriminator (in whatever space that D looks at), each
+objective's direction normalised before they are combined (``combine: balanced``), and
 adds ``lambda_source * CE(F(f_s*), y_s) + lambda_target * KL(p(f_t) || p(f_t*))`` to the generator loss.
 """
 from __future__ import annotations
@@ -30,7 +31,14 @@ class PerturbationAddon(nn.Module):
             method has one and ``use_discriminator``).
         source_defenses, target_defenses: default ``ce`` and ``kl``.
         d_on_perturbed: also train the discriminator on predictions of the perturbed features.
-        **perturber: settings of :class:`~uda_perturb.Perturber` (``eps``, ``steps``, ``norm``, ``eps_mode``...).
+        **perturber: settings of :class:`~uda_perturb.Perturber` (``eps``, ``steps``, ``norm``, ``eps_mode``,
+            ``combine``...). ``combine`` defaults to ``balanced``: the classifier and the discriminator each set
+            half of the step's direction (``sum``: the earlier rule, where the classifier's much larger gradient
+            decides alone).
+
+    With several attack objectives the step statistics ``{side}_{objective}_cos`` (mean cosine between the step
+    and that objective's own gradient) and ``{side}_{objective}_gnorm`` (its gradient's norm over the largest
+    one's) go to ``metrics.jsonl`` and the progress line, so a run shows whether the discriminator acts.
     """
 
     def __init__(self, lambda_source: float = 1.0, lambda_target: float = 0.1, lambda_mixed: Optional[float] = None,
@@ -94,6 +102,9 @@ class PerturbationAddon(nn.Module):
             stats[f"{name}_moved"] = res.stats.fraction_perturbed
             if res.stats.attack_loss_after is not None:
                 stats[f"{name}_attack_gain"] = res.stats.attack_loss_after - res.stats.attack_loss_before
+            for objective, part in res.stats.objectives.items():  # is each objective acting? (cosine near 0: no)
+                stats[f"{name}_{objective}_cos"] = part.step_cosine
+                stats[f"{name}_{objective}_gnorm"] = part.grad_norm_ratio
             self._adv_logits[name] = res.adv_logits.detach()
             self._perturbed[name] = res.perturbed
         return losses, stats
