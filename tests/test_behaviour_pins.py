@@ -11,7 +11,7 @@ from uda_perturb.data.label_maps import CITYSCAPES_16, CITYSCAPES_19, IGNORE, SY
 from uda_perturb.data.transforms import RandomHorizontalFlip, RandomScaleCrop, Resize, build_transforms
 from uda_perturb.engine import Trainer
 from uda_perturb.engine.evaluate import predict_logits
-from uda_perturb.engine.loaders import SeededItems
+from uda_perturb.engine.loaders import SeededItems, redraw_seed
 from uda_perturb.registry import ATTACKS
 
 
@@ -85,14 +85,18 @@ class _OneClassCorner(torch.utils.data.Dataset):
 
 
 def test_rare_class_sampling_redraws_crops_until_they_hold_the_class():
-    items = SeededItems(_OneClassCorner(), min_class_pixels=20, crop_tries=10)
-    plain = [items[(0, s)]["label"] for s in range(60)]
-    holds = [int((lab == 1).sum()) >= 20 for lab in plain]
-    assert sum(holds[:40]) < 12  # a random crop holds 20 corner pixels with probability 58/441
-    for s in range(40):  # the sampled item is the first of the seeds s, s+1, ... s+9 whose crop holds the class
-        first = next((j for j in range(10) if holds[s + j]), 9)
-        assert torch.equal(items[(0, s, 1)]["label"], plain[s + first])
-    assert sum(int((items[(0, s, 1)]["label"] == 1).sum()) >= 20 for s in range(40)) >= 24  # 1 - (383/441)^10
+    """DAFormer: the first draw, then up to 10 re-draws while the crop holds no more than the threshold (``>``),
+    each re-draw with a seed of its own."""
+    items = SeededItems(_OneClassCorner(), min_class_pixels=20)
+    count = lambda lab: int((lab == 1).sum())  # noqa: E731
+    for s in range(40):
+        draws = [items[(0, s)]["label"]] + [items[(0, redraw_seed(s, j))]["label"] for j in range(1, 11)]
+        first = next((j for j, lab in enumerate(draws) if count(lab) > 20), 10)
+        assert torch.equal(items[(0, s, 1)]["label"], draws[first])
+    assert sum(count(items[(0, s)]["label"]) > 20 for s in range(40)) < 12  # a plain crop rarely holds it
+    assert sum(count(items[(0, s, 1)]["label"]) > 20 for s in range(40)) >= 28
+    seeds = [redraw_seed(5, j) for j in range(1, 11)]
+    assert len(set(seeds)) == 10 and not set(seeds) & set(range(0, 100))  # no other position's sample seed
 
 
 # Raw id -> train id, written out from Cityscapes' labels.py (GTA5 uses the same ids) and from SYNTHIA's

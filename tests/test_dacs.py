@@ -18,18 +18,44 @@ from uda_perturb.engine import Trainer
 from uda_perturb.losses import pixel_weighted_ce
 from uda_perturb.methods.dacs import pseudo_labels
 from uda_perturb.methods.mean_teacher import MeanTeacher
-from uda_perturb.mixing import blur_kernel_size, class_mix, class_mix_mask, strong_augment
+from uda_perturb.mixing import blur_kernel_size, class_mix, class_mix_mask, class_mix_masks, strong_augment
 
 
-@pytest.mark.parametrize("present,chosen", [([0], 1), ([0, 3], 1), ([0, 1, 2], 2), ([0, 1, 2, 5], 2)])
-def test_class_mix_mask_pastes_half_the_classes_whole_and_never_ignore(present, chosen):
+@pytest.mark.parametrize("present,chosen", [([0], 1), ([0, 3], 2), ([0, 1, 2], 2), ([0, 1, 2, 5], 3)])
+def test_class_mix_mask_pastes_half_the_values_whole_the_ignore_label_counting_as_one(present, chosen):
+    """As both references: ``torch.unique`` of the label, 255 included, ceil(n / 2) of the n values."""
     label = torch.tensor(present * 6 + [255] * 4)[torch.randperm(len(present) * 6 + 4)].view(2, -1)
-    for seed in range(5):
+    seen_ignore = False
+    for seed in range(12):
         mask = class_mix_mask(label, generator=torch.Generator().manual_seed(seed))
         in_mask = set(label[mask.bool()].tolist())
-        assert len(in_mask) == chosen and 255 not in in_mask
-        for c in present:  # every class is pasted whole or not at all
+        assert len(in_mask) == chosen
+        seen_ignore |= 255 in in_mask
+        for c in present + [255]:  # every value is pasted whole or not at all
             assert mask[label == c].min() == mask[label == c].max()
+    assert seen_ignore  # the ignore label is pasted too, sometimes
+    no_ignore = class_mix_mask(label, ignore_index=255)
+    assert 255 not in set(label[no_ignore.bool()].tolist())
+
+
+def test_class_mix_draws_from_the_batch_classes_by_default_and_from_each_image_as_an_option():
+    """DAFormer: each image pastes ceil(n / 2) of the n values of the whole batch (so an image may paste a class
+    it does not hold); DACS: of its own values."""
+    labels = torch.stack([torch.tensor([[0, 0], [1, 1]]), torch.tensor([[2, 2], [3, 3]])])
+    for seed in range(20):
+        torch.manual_seed(seed)
+        masks = class_mix_masks(labels)
+        torch.manual_seed(seed)
+        pools = [torch.unique(labels)] * 2
+        chosen = [p[torch.randperm(4)[:2]] for p in pools]
+        for m, y, c in zip(masks, labels, chosen):
+            assert torch.equal(m, torch.isin(y, c).float())
+        torch.manual_seed(seed)
+        own = class_mix_masks(labels, "image")
+        for m in own:
+            assert float(m.mean()) == 0.5  # one of its own two classes: half the image
+    with pytest.raises(ValueError, match="class mix classes must be one of"):
+        class_mix_masks(labels, "pixel")
 
 
 def test_class_mix_images_labels_and_weights_are_exact():
@@ -51,6 +77,17 @@ def test_pseudo_label_weight_is_share_of_confident_teacher_pixels():
     labels, weight = pseudo_labels(logits, 0.968)
     assert torch.equal(labels, torch.zeros(1, 2, 2, dtype=torch.long))
     torch.testing.assert_close(weight, torch.full((1, 2, 2), 0.5))
+
+
+def test_pseudo_label_weight_ignores_the_top_and_bottom_rows_when_asked():
+    logits = torch.zeros(2, 3, 6, 4)
+    logits[:, 0] = 10.0  # every pixel confident
+    _, weight = pseudo_labels(logits, 0.968, ignore_top=1, ignore_bottom=2)
+    expected = torch.ones(2, 6, 4)
+    expected[:, :1] = 0
+    expected[:, -2:] = 0
+    assert torch.equal(weight, expected)
+    assert torch.equal(pseudo_labels(logits, 0.968)[1], torch.ones(2, 6, 4))
 
 
 def test_pixel_weighted_ce_is_the_mean_over_all_pixels():
@@ -126,7 +163,8 @@ def test_strong_augment_defaults_blur_rate_clamping_and_identity():
 
     defaults = {k: v.default for k, v in inspect.signature(strong_augment).parameters.items()
                 if v.default is not inspect.Parameter.empty}
-    assert defaults == {"jitter_strength": 0.2, "jitter_probability": 0.2, "blur": True}  # DACS's
+    assert defaults == {"jitter_strength": 0.2, "jitter_probability": 0.2, "blur": True,
+                        "jitter_operator": "kornia"}  # DAFormer's
     flat = torch.full((1, 3, 24, 24), 0.3)
     x = normalize(flat, "imagenet")
     blurred = 0
@@ -145,18 +183,24 @@ def test_strong_augment_defaults_blur_rate_clamping_and_identity():
     assert 10 <= blurred <= 30  # blur is drawn with probability 0.5
 
 
-def test_strong_augment_draws_dacs_factors_per_image_and_blurs_each_axis_with_its_own_kernel():
+@pytest.mark.parametrize("operator", ["kornia", "torchvision"])
+def test_strong_augment_draws_dacs_factors_per_image_and_blurs_each_axis_with_its_own_kernel(operator):
     import torchvision.transforms.functional as TF
+
+    from uda_perturb.color_jitter import kornia_jitter
 
     x = normalize(torch.rand(2, 3, 30, 50), "imagenet")  # not square: kernel sizes differ per axis
     for seed in range(6):
         torch.manual_seed(seed)
-        got = strong_augment(x, "imagenet", 0.2, 0.2, blur=True)
+        got = strong_augment(x, "imagenet", 0.2, 0.2, blur=True, jitter_operator=operator)
         torch.manual_seed(seed)  # replay DACS/DAFormer's definitions draw by draw
         jitter, blur = float(torch.rand(())) > 0.2, float(torch.rand(())) > 0.5
         out = []
         for img in denormalize(x, "imagenet").clamp(0, 1):
-            if jitter:  # factors uniform in [1 - s, 1 + s], hue in [-s, s]
+            if jitter and operator == "kornia":  # b, c, s uniform in [1 - s, 1 + s], hue in [-s, s], an order
+                b, c, sat = (0.8 + 0.4 * float(torch.rand(())) for _ in range(3))
+                img = kornia_jitter(img, (b, c, sat, -0.2 + 0.4 * float(torch.rand(()))), torch.randperm(4).tolist())
+            elif jitter:
                 img = TF.adjust_brightness(img, 0.8 + 0.4 * float(torch.rand(())))
                 img = TF.adjust_contrast(img, 0.8 + 0.4 * float(torch.rand(())))
                 img = TF.adjust_saturation(img, 0.8 + 0.4 * float(torch.rand(())))

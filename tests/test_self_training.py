@@ -232,7 +232,9 @@ def test_imnet_fd_refuses_backbones_without_pretrained_weights():
 
 
 def test_mic_block_size_and_mask():
-    assert block_size_for(512, 1024) == 64 and block_size_for(120, 160) == 15 and block_size_for(180, 240) == 22
+    # MIC: 32 px at 512-px crops, 64 px at its 1024-px high-resolution crops
+    assert block_size_for(512, 512) == 32 and block_size_for(1024, 1024) == 64
+    assert block_size_for(120, 160) == 8 and block_size_for(180, 240) == 11
     m = block_mask(4, 120, 160, 8, 0.7)
     assert m.shape == (4, 1, 120, 160) and set(m.unique().tolist()) <= {0.0, 1.0}
     blocks = m.view(4, 1, 15, 8, 20, 8)
@@ -252,10 +254,10 @@ def test_mic_loss_is_the_students_pixel_ce_on_the_masked_teacher_image():
     state.pseudo_weights = torch.full((2, 32, 48), 0.4)
     torch.manual_seed(5)
     losses, _ = mic(method, state)
-    torch.manual_seed(5)  # replay: strong augmentation, then the mask (64 px at 512 -> 4 px at 32 x 48)
+    torch.manual_seed(5)  # replay: strong augmentation, then the mask (32 px at 512 -> 2 px at 32 x 48)
     x = strong_augment(img, method.input_normalization, 0.2, 0.2, blur=True)
-    keep = (torch.rand(2, 1, 8, 12) > 0.7).float()
-    x = x * keep.repeat_interleave(4, 2).repeat_interleave(4, 3)
+    keep = (torch.rand(2, 1, 16, 24) > 0.7).float()
+    x = x * keep.repeat_interleave(2, 2).repeat_interleave(2, 3)
     logits = F.interpolate(method.segmentor.classify(method.segmentor.features(x)), size=(32, 48),
                            mode="bilinear", align_corners=True)
     ce = F.cross_entropy(logits, state.pseudo_labels, reduction="none")
@@ -305,7 +307,7 @@ def test_teacher_alpha_range_droppath_off_and_no_graph():
 def test_mic_blocks_are_at_least_one_pixel_and_one_grid_cell_per_axis():
     """A tiny input still gets a 1-px block, and an image shorter than a block one grid row (or column): the
     mask is then constant along that axis."""
-    assert block_size_for(4, 4) == 1 and block_size_for(12, 20) == 2  # 64 * 12 / 512 = 1.5 rounds to 2
+    assert block_size_for(4, 4) == 1 and block_size_for(24, 40) == 2  # 32 * 24 / 512 = 1.5 rounds to 2
     g = torch.Generator().manual_seed(0)
     wide = block_mask(8, 3, 40, 15, 0.5, generator=g)  # round(3 / 15) = 0 rows -> 1
     tall = block_mask(8, 40, 3, 15, 0.5, generator=g)

@@ -119,6 +119,8 @@ def test_inception_normalisation_is_exact():
 def test_adamw_option_keeps_the_head_multiplier_and_names_bad_values():
     cfg = load_config("synthetic_demo", ["train.optimizer=adamw", "train.lr=0.001", "train.head_lr_mult=10"])
     opt = build_optimizers(build_method("source_only", build_model(cfg)), cfg.train)["segmentor"]
-    assert isinstance(opt, torch.optim.AdamW) and [g["lr"] for g in opt.param_groups] == [0.001, 0.01]
+    # backbone, backbone norms (no weight decay, as DAFormer), heads
+    assert isinstance(opt, torch.optim.AdamW) and [g["lr"] for g in opt.param_groups] == [0.001, 0.001, 0.01]
+    assert [g["weight_decay"] for g in opt.param_groups] == [cfg.train.weight_decay, 0.0, cfg.train.weight_decay]
     with pytest.raises(ConfigError, match="did you mean 'adamw'"):
         load_config("synthetic_demo", ["train.optimizer=adamv"])

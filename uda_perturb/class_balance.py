@@ -37,6 +37,21 @@ def per_image_class_pixels(dataset: Dataset, num_classes: int) -> np.ndarray:
     return counts
 
 
+def label_areas(dataset: Dataset) -> list[int]:
+    """Pixels of each item's full-resolution label (``dataset.read_label`` when the dataset has it, else the
+    item's label); 0 for unlabelled items."""
+    reader = getattr(dataset, "read_label", None)
+    areas = []
+    for i in range(len(dataset)):  # type: ignore[arg-type]
+        if reader is not None:
+            label = reader(i)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                label = dataset[i]["label"]
+        areas.append(0 if label is None else int(np.prod(np.shape(label))))
+    return areas
+
+
 def label_statistics(dataset: Dataset, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """``(pixel_count[c], pixels_of_images_containing[c])`` over the dataset's labels (ignore label skipped)."""
     per_image = per_image_class_pixels(dataset, num_classes).astype(np.float64)

@@ -107,6 +107,10 @@ class TrainConfig:
     warmup_iters: int = 0
     warmup_ratio: float = 1e-6
     head_lr_mult: float = 10.0
+    # ``optimizer: adamw`` gives the backbone's normalisation layers (and ``pos_block`` parameters) no weight
+    # decay, as DAFormer's ``paramwise_cfg`` (``norm``/``pos_block`` decay_mult 0); true: decay them too (the
+    # rule before, for resuming older runs)
+    decay_norm: bool = False
     d_lr: float = 1e-4
     d_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     accumulate: int = 1

@@ -1,12 +1,16 @@
 """Domain mixing for self-training (DACS, Tranheden et al. WACV 2021): ClassMix masks, the mixed image,
 label and pixel weights, and the strong augmentation applied to the mixed image.
 
-Exact to DACS's reference code where it matters for the numbers: each source image pastes ``ceil(n / 2)``
-of its own ``n`` present classes (ignore label excluded, as in DACS; DAFormer draws from the batch's classes),
-source pixels get weight 1 and target pixels the pseudo-label weight; colour jitter (strength 0.2, applied
-with probability 0.8) and Gaussian blur (probability 0.5, sigma U(0.15, 1.15), kernel ~10 % of the image side,
-odd) are drawn once per batch as in DAFormer, with per-image jitter factors. Randomness comes from torch's
-generator, so seeded runs and exact resumes replay it.
+As DAFormer's ``dacs.py`` and ``dacs_transforms.py`` (which DACS's ``trainUDA.py`` preceded): each source
+image pastes ``ceil(n / 2)`` of the ``n`` classes present in the whole batch's source labels, the ignore label
+included (``torch.unique`` of the batch; a class absent from an image pastes nothing there; option
+``classes="image"``: DACS's draw from each image's own classes, 255 included too, as its exclusion line is
+commented out); source pixels get weight 1 and target pixels the pseudo-label weight. Whether the colour jitter
+(strength 0.2, probability 0.8; DACS's own strength is 0.25) and the Gaussian blur (probability 0.5, sigma
+U(0.15, 1.15), kernel ~10 % of the image side, odd) apply is drawn once per batch; their factors, sigma and the
+jitter's order per image, as DAFormer calls them image by image. The jitter is kornia 0.5.8's operator
+(:mod:`uda_perturb.color_jitter`). Randomness comes from torch's generator, so seeded runs and exact resumes
+replay it.
 """
 from __future__ import annotations
 
@@ -16,19 +20,31 @@ from typing import Optional
 import torch
 import torchvision.transforms.functional as TF
 
+from .color_jitter import JITTER_OPERATORS, color_jitter
 from .data.transforms import denormalize, normalize
-from .losses import IGNORE_INDEX
+
+MIX_CLASSES = ("batch", "image")
 
 
-def class_mix_mask(label: torch.Tensor, ignore_index: int = IGNORE_INDEX,
-                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def class_mix_mask(label: torch.Tensor, ignore_index: Optional[int] = None,
+                   generator: Optional[torch.Generator] = None, pool: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``H x W`` float mask, 1 where ``label`` holds one of ``ceil(n / 2)`` classes drawn without replacement
-    from the ``n`` classes present in it (ignored pixels never count as a class)."""
-    classes = torch.unique(label)
-    classes = classes[classes != ignore_index]
+    from the ``n`` values of ``pool`` (default: the values present in ``label``). The ignore label is a value
+    like any other, as in both references; pass ``ignore_index`` to leave it out of the pool."""
+    classes = torch.unique(label if pool is None else pool)
+    if ignore_index is not None:
+        classes = classes[classes != ignore_index]
     n = int(classes.numel())
     chosen = classes[torch.randperm(n, generator=generator, device="cpu")[: (n + n % 2) // 2].to(classes.device)]
     return torch.isin(label, chosen).float()
+
+
+def class_mix_masks(labels: torch.Tensor, classes: str = "batch") -> torch.Tensor:
+    """``B x H x W`` ClassMix masks for a batch of source labels: each image's classes drawn from the batch's
+    classes (``"batch"``, DAFormer) or from its own (``"image"``, DACS)."""
+    if classes not in MIX_CLASSES:
+        raise ValueError(f"class mix classes must be one of {MIX_CLASSES}, got {classes!r}")
+    return torch.stack([class_mix_mask(y, pool=labels if classes == "batch" else None) for y in labels])
 
 
 def class_mix(source_images: torch.Tensor, source_labels: torch.Tensor, target_images: torch.Tensor,
@@ -53,9 +69,12 @@ def blur_kernel_size(side: int) -> int:
 
 
 def strong_augment(images: torch.Tensor, normalization: str, jitter_strength: float = 0.2,
-                   jitter_probability: float = 0.2, blur: bool = True) -> torch.Tensor:
-    """DACS's colour jitter (brightness, contrast, saturation, hue each of strength ``jitter_strength``) and
-    Gaussian blur on normalised images; ``normalization`` names how they were normalised."""
+                   jitter_probability: float = 0.2, blur: bool = True, jitter_operator: str = "kornia") -> torch.Tensor:
+    """DACS's colour jitter (brightness, contrast, saturation, hue each of strength ``jitter_strength``, by
+    ``jitter_operator``: see :mod:`uda_perturb.color_jitter`) and Gaussian blur on normalised images;
+    ``normalization`` names how they were normalised."""
+    if jitter_operator not in JITTER_OPERATORS:
+        raise ValueError(f"colour jitter operator must be one of {JITTER_OPERATORS}, got {jitter_operator!r}")
     apply_jitter = float(torch.rand(())) > jitter_probability
     apply_blur = blur and float(torch.rand(())) > 0.5
     if not (apply_jitter or apply_blur):
@@ -65,10 +84,7 @@ def strong_augment(images: torch.Tensor, normalization: str, jitter_strength: fl
     s = jitter_strength
     for img in x:
         if apply_jitter:
-            img = TF.adjust_brightness(img, 1 + (2 * float(torch.rand(())) - 1) * s)
-            img = TF.adjust_contrast(img, 1 + (2 * float(torch.rand(())) - 1) * s)
-            img = TF.adjust_saturation(img, 1 + (2 * float(torch.rand(())) - 1) * s)
-            img = TF.adjust_hue(img, (2 * float(torch.rand(())) - 1) * min(s, 0.5))
+            img = color_jitter(img, s, jitter_operator)
         if apply_blur:
             sigma = 0.15 + float(torch.rand(())) * 1.0
             k = [blur_kernel_size(img.shape[-1]), blur_kernel_size(img.shape[-2])]

@@ -1,20 +1,40 @@
 """Rare-class sampling of source images (DAFormer, Hoyer et al. CVPR 2022): draw a class with probability
 ``softmax((1 - f_c) / T)`` over the source classes' pixel frequencies ``f_c``, then an image holding more than
-``min_pixels`` of it, then (when the transforms crop) re-draw the crop up to 10 times until it holds at least
-``min_pixels * min_crop_ratio`` pixels of that class. Defaults are DAFormer's: T = 0.01, 3000 pixels, 0.5.
+``min_pixels`` of it (counted on the full-resolution labels), then, when the transforms crop, re-draw the crop
+up to 10 times (11 draws at most) while it holds no more than the crop threshold of that class. Defaults are
+DAFormer's: T = 0.01, 3000 pixels, ``min_crop_ratio`` 0.5.
+
+The crop threshold is ``min_pixels * min_crop_ratio`` training pixels at DAFormer's GTA5 training scale
+(1914 x 1052 labels resized to 1280 x 720: 0.458 of the pixels); at another scale it is multiplied by this
+run's share over that one, as MIC multiplies ``rcs_min_crop`` by 4 when it trains at twice the side. Unscaled,
+1500 pixels at 120 x 160 (from CamVid's 480 x 360) is 8 % of the image: almost every rare-class sample would
+spend all 11 draws.
 
 Like :class:`~uda_perturb.engine.loaders.InfiniteSampler`, every draw is a pure function of
 ``(seed, stream position)``, so a resumed run sees the same images and crops.
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
 
 from ..errors import DataError
+
+DAFORMER_TRAINING_SCALE = (1280 * 720) / (1914 * 1052)  # share of a GTA5 label's pixels DAFormer trains on
+
+
+def crop_thresholds(label_areas: Sequence[int], training_size: Optional[Sequence[int]], min_pixels: int,
+                    min_crop_ratio: float) -> np.ndarray:
+    """Per image, how many pixels of the sampled class a training crop must exceed: ``min_pixels *
+    min_crop_ratio`` scaled by the image's training scale (the area of ``training_size``, the size images are
+    resized to before cropping, over its label's full-resolution area; 1 without a resize) relative to
+    DAFormer's (see the module docstring)."""
+    areas = np.maximum(np.asarray(label_areas, dtype=np.float64), 1.0)
+    scale = np.ones_like(areas) if training_size is None else float(training_size[0] * training_size[1]) / areas
+    return min_pixels * min_crop_ratio * scale / DAFORMER_TRAINING_SCALE
 
 
 def class_probabilities(class_pixels: Sequence[float], temperature: float = 0.01) -> tuple[np.ndarray, np.ndarray]:

@@ -8,14 +8,14 @@ distributed job read disjoint interleaved parts of the same stream.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence, Union
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..class_balance import per_image_class_pixels
-from ..config import DatasetConfig, RareClassSamplingConfig
-from ..data.rare_class_sampling import RareClassSampler
+from ..class_balance import label_areas, per_image_class_pixels
+from ..config import DatasetConfig, RareClassSamplingConfig, TransformConfig
+from ..data.rare_class_sampling import RareClassSampler, crop_thresholds
 from ..data.transforms import build_transforms
 from ..registry import DATASETS
 from .distributed import DistInfo
@@ -40,15 +40,23 @@ class InfiniteSampler(Sampler):
             pos += self.world_size
 
 
+def redraw_seed(seed: int, j: int) -> int:
+    """The seed of re-draw ``j`` (1, 2, ...) of the item drawn with ``seed``: mixed so that it is no other
+    stream position's sample seed (``seed + j`` would be position ``pos + j``'s, repeating its crop)."""
+    return (seed * 0x9E3779B97F4A7C15 + j * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (2**63)
+
+
 class SeededItems(Dataset):
     """Wraps a dataset so that item ``(index, seed)`` is produced under ``torch.manual_seed(seed)``.
 
-    A key ``(index, seed, cls)`` (rare-class sampling) re-draws the item's random transforms with seeds
-    ``seed + 1, ...`` (at most ``crop_tries`` draws) until its label holds at least ``min_class_pixels``
-    pixels of class ``cls``."""
+    A key ``(index, seed, cls)`` (rare-class sampling) re-draws the item's random transforms with the seeds
+    :func:`redraw_seed` ``(seed, 1), (seed, 2), ...`` (at most ``redraws`` times, DAFormer's 10) while its label
+    holds no more than ``min_class_pixels`` (one value, or one per index) pixels of class ``cls``."""
 
-    def __init__(self, dataset: Dataset, min_class_pixels: float = 0.0, crop_tries: int = 10) -> None:
-        self.dataset, self.min_class_pixels, self.crop_tries = dataset, min_class_pixels, crop_tries
+    def __init__(self, dataset: Dataset, min_class_pixels: Union[float, Sequence[float]] = 0.0,
+                 redraws: int = 10) -> None:
+        self.dataset, self.redraws = dataset, redraws
+        self.min_class_pixels = min_class_pixels
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -61,11 +69,13 @@ class SeededItems(Dataset):
     def __getitem__(self, key: tuple) -> dict:
         index, seed, cls = (*key, -1) if len(key) == 2 else key
         item = self._item(index, seed)
-        if cls >= 0 and self.min_class_pixels > 0:
-            for j in range(1, self.crop_tries):
-                if int((item["label"] == cls).sum()) >= self.min_class_pixels:
+        limit = self.min_class_pixels
+        limit = float(limit if isinstance(limit, (int, float)) else limit[index])
+        if cls >= 0 and limit > 0:
+            for j in range(1, self.redraws + 1):
+                if int((item["label"] == cls).sum()) > limit:
                     break
-                item = self._item(index, seed + j)
+                item = self._item(index, redraw_seed(seed, j))
         return item
 
 
@@ -89,9 +99,10 @@ def build_dataset(cfg: DatasetConfig, train: bool, key: str = "data.*") -> Datas
 
 def stream(dataset: Dataset, batch_size: int, seed: int, start: int, info: DistInfo,
            num_workers: int = 0, rare_class_sampling: Optional[RareClassSamplingConfig] = None,
-           num_classes: Optional[int] = None) -> Iterator[dict]:
+           num_classes: Optional[int] = None, transforms: Optional[TransformConfig] = None) -> Iterator[dict]:
     """An endless iterator of batches beginning at batch ``start`` of this rank's part of the stream; with
-    ``rare_class_sampling`` the items are drawn by DAFormer's rare-class sampling."""
+    ``rare_class_sampling`` the items are drawn by DAFormer's rare-class sampling, their crops re-drawn when
+    ``transforms`` crop (without a crop a re-draw would only re-flip the same pixels)."""
     sampler: Sampler
     items = SeededItems(dataset)
     if rare_class_sampling is not None:
@@ -101,7 +112,9 @@ def stream(dataset: Dataset, batch_size: int, seed: int, start: int, info: DistI
         counts = per_image_class_pixels(dataset, num_classes)
         sampler = RareClassSampler(counts, seed, start * batch_size, info.rank, info.world_size,
                                    rcs.temperature, rcs.min_pixels)
-        items = SeededItems(dataset, rcs.min_pixels * rcs.min_crop_ratio)
+        if transforms is not None and transforms.crop is not None:
+            limits = crop_thresholds(label_areas(dataset), transforms.size, rcs.min_pixels, rcs.min_crop_ratio)
+            items = SeededItems(dataset, limits.tolist())
     else:
         sampler = InfiniteSampler(len(dataset), seed, start * batch_size, info.rank, info.world_size)  # type: ignore
     # its own generator: creating the iterator must not draw from the global RNG, which methods use in their

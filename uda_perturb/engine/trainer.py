@@ -335,7 +335,7 @@ class Trainer:
                 return recorded.get("results", {})
         acc = cfg.train.accumulate
         src = stream(self.source, cfg.data.batch_size, cfg.seed, self.iteration * acc, self.info, cfg.data.num_workers,
-                     cfg.data.rare_class_sampling, self.method.num_classes)
+                     cfg.data.rare_class_sampling, self.method.num_classes, cfg.data.source.transforms)
         tgt = stream(self.target, cfg.data.batch_size, cfg.seed + 1, self.iteration * acc, self.info,
                      cfg.data.num_workers)
         writer = _tensorboard(self.run_dir) if self.info.is_main else None

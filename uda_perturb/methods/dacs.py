@@ -8,20 +8,28 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from ..color_jitter import JITTER_OPERATORS
 from ..losses import pixel_weighted_ce
-from ..mixing import class_mix, class_mix_mask, strong_augment
+from ..mixing import MIX_CLASSES, class_mix, class_mix_masks, strong_augment
 from ..models.segmentor import Segmentor
 from ..registry import METHODS
 from .base import StepState, UDAMethod
 from .mean_teacher import MeanTeacher
 
 
-def pseudo_labels(teacher_logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+def pseudo_labels(teacher_logits: torch.Tensor, threshold: float, ignore_top: int = 0,
+                  ignore_bottom: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """``(labels, weight)``: the teacher's argmax and, at every pixel, the share of the batch's pixels whose
-    confidence reaches ``threshold`` (DACS's single pseudo-label weight, ``B x H x W``)."""
+    confidence reaches ``threshold`` (DACS's single pseudo-label weight, ``B x H x W``); the weight is 0 on the
+    top ``ignore_top`` and bottom ``ignore_bottom`` rows (DAFormer's ``pseudo_weight_ignore_top/bottom``)."""
     conf, labels = teacher_logits.float().softmax(dim=1).max(dim=1)
     share = (conf >= threshold).float().mean()
-    return labels, share.expand_as(conf).clone()
+    weight = share.expand_as(conf).clone()
+    if ignore_top > 0:
+        weight[:, :ignore_top] = 0
+    if ignore_bottom > 0:
+        weight[:, -ignore_bottom:] = 0
+    return labels, weight
 
 
 @METHODS.register("dacs")
@@ -35,10 +43,25 @@ class DACS(UDAMethod):
     pipeline gives it (DAFormer's pipelines have no photometric jitter: when the recipe jitters target batches,
     the teacher gets the same crop without the jitter), and the mixed CE carries no class weights.
 
+    Where the two references differ, which one each choice follows: ClassMix draws from the batch's classes,
+    the ignore label included (DAFormer; DACS draws per image, an option); the colour jitter is kornia 0.5.8's
+    operator in both, at DAFormer's strength 0.2 (DACS: 0.25); the EMA warm-up gives a = 0.5 after the first
+    step (DAFormer; DACS: 0); the source CE averages over valid pixels (DACS and ADVENT; mmseg 0.16, under
+    DAFormer, divides by all pixels, ignored ones included) and logits are upsampled with
+    ``align_corners=True`` (DACS; DAFormer: False).
+
     Args:
         alpha: EMA factor of the teacher (0.99, as DACS and DAFormer).
         pseudo_threshold: teacher confidence that counts a pixel as confident (0.968).
-        color_jitter_strength, color_jitter_probability, blur: the strong augmentation of the mixed image.
+        color_jitter_strength, color_jitter_probability, blur: the strong augmentation of the mixed image
+            (DAFormer's 0.2, 0.2, on; DACS's own strength is 0.25).
+        color_jitter_operator: ``"kornia"`` (both references' kornia 0.5.8 operator) or ``"torchvision"`` (the
+            earlier operator of this toolkit, which changes pixels 2-3x less); see :mod:`uda_perturb.color_jitter`.
+        class_mix_classes: ``"batch"`` (DAFormer: each image pastes half of the batch's source classes, the
+            ignore label included) or ``"image"`` (DACS: half of its own classes).
+        psweight_ignore_top, psweight_ignore_bottom: rows at the top and bottom of the target image whose
+            pseudo-labels get weight 0 (DAFormer's options; 15 and 120 for its Cityscapes crops, where the
+            ego-car and the rectification border sit; 0 by default, as DAFormer's base ``dacs``).
         mix_class_weights: option of ours, off in both references: weight the mixed CE with the recipe's
             class weights too (normalised by their sum, as the source CE). With a weak teacher it puts most of
             the target loss on tail-class pseudo-labels that are mostly wrong.
@@ -51,13 +74,24 @@ class DACS(UDAMethod):
                  alpha: float = 0.99, pseudo_threshold: float = 0.968, mix_weight: float = 1.0,
                  color_jitter_strength: float = 0.2, color_jitter_probability: float = 0.2, blur: bool = True,
                  mix_class_weights: bool = False, teacher_bn: str = "batch",
-                 teacher_jittered_input: bool = False) -> None:
+                 teacher_jittered_input: bool = False, color_jitter_operator: str = "kornia",
+                 class_mix_classes: str = "batch", psweight_ignore_top: int = 0,
+                 psweight_ignore_bottom: int = 0) -> None:
         super().__init__(segmentor, addons, seg_aux_weight)
         self.teacher = MeanTeacher(segmentor, alpha, bn=teacher_bn)
         self.pseudo_threshold, self.mix_weight = pseudo_threshold, mix_weight
         self.jitter = (color_jitter_strength, color_jitter_probability)
         self.blur, self.mix_class_weights = blur, mix_class_weights
         self.teacher_jittered_input = teacher_jittered_input
+        if color_jitter_operator not in JITTER_OPERATORS:
+            raise ValueError(f"dacs color_jitter_operator must be one of {JITTER_OPERATORS}, got "
+                             f"{color_jitter_operator!r}")
+        if class_mix_classes not in MIX_CLASSES:
+            raise ValueError(f"dacs class_mix_classes must be one of {MIX_CLASSES}, got {class_mix_classes!r}")
+        if psweight_ignore_top < 0 or psweight_ignore_bottom < 0:
+            raise ValueError("dacs psweight_ignore_top and psweight_ignore_bottom must be >= 0")
+        self.jitter_operator, self.class_mix_classes = color_jitter_operator, class_mix_classes
+        self.psweight_ignore = (psweight_ignore_top, psweight_ignore_bottom)
 
     def teacher_input(self, target: dict) -> torch.Tensor:
         """The image the teacher labels: the target batch without photometric jitter (unless
@@ -76,11 +110,12 @@ class DACS(UDAMethod):
                              f"{tuple(xt.shape)}; give both domains the same transforms.size")
         state = StepState(self.segmentor.forward_all(xs), ys, tuple(xs.shape[-2:]))
         state.teacher_image = self.teacher_input(target)
-        labels, weight = pseudo_labels(self.teacher(state.teacher_image), self.pseudo_threshold)
+        labels, weight = pseudo_labels(self.teacher(state.teacher_image), self.pseudo_threshold, *self.psweight_ignore)
         state.pseudo_labels, state.pseudo_weights = labels, weight
-        masks = torch.stack([class_mix_mask(y) for y in ys])
+        masks = class_mix_masks(ys, self.class_mix_classes)
         images, mixed_labels, mixed_weights = class_mix(xs, ys, xt, labels, weight, masks)
-        images = strong_augment(images, self.input_normalization, *self.jitter, blur=self.blur)
+        images = strong_augment(images, self.input_normalization, *self.jitter, blur=self.blur,
+                                jitter_operator=self.jitter_operator)
         if xs.is_contiguous(memory_format=torch.channels_last) and not xs.is_contiguous():
             images = images.contiguous(memory_format=torch.channels_last)
         state.mixed = self.segmentor.forward_all(images)

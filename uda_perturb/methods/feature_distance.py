@@ -8,7 +8,7 @@ averaged over the positions whose downscaled source label is one of ``classes`` 
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..losses import IGNORE_INDEX
+from ..models.weights import load_segmentor_weights
 from ..registry import ADDONS, BACKBONES
 from .base import StepState, UDAMethod
 
@@ -58,9 +59,13 @@ class ImageNetFeatureDistance(nn.Module):
         scale_min_ratio: a feature position keeps its block's majority label only when that label covers at
             least this share of the block (DAFormer 0.75).
 
-    The frozen copy is built from the backbone's registry name and options (so it holds the pretrained
-    weights, not a warm start loaded afterwards), on first use, under a forked RNG so that exact resumes are
-    unaffected; it is not part of the state dict. Backbones built without pretrained weights are refused.
+    The frozen copy holds the backbone's ImageNet weights by the route they came: the registry's pretrained
+    weights (``pretrained``/``weights`` in the backbone options), then, when ``model.weights`` loaded an
+    ImageNet initialisation afterwards (a DeepLab init or a torchvision checkpoint), exactly those tensors.
+    A warm start from a segmentation checkpoint is not ImageNet: the copy keeps the ImageNet weights the
+    backbone was built with (DAFormer's student starts from ImageNet, so there the two coincide). Without
+    ImageNet weights by either route it is refused. The copy is built when the add-on is attached (under a
+    forked RNG, so that exact resumes are unaffected) and is not part of the state dict.
     """
 
     def __init__(self, lambda_fd: float = 0.005, classes: Optional[Sequence[int]] = None,
@@ -74,37 +79,49 @@ class ImageNetFeatureDistance(nn.Module):
         self._frozen: list[nn.Module] = []  # a list, so that the copy is neither a submodule nor saved
 
     def check(self, method: UDAMethod) -> None:
-        """Refuse backbones without pretrained weights or without a recorded registry name."""
+        """Build the frozen copy; refuse backbones without ImageNet weights or without a registry name."""
         backbone = method.segmentor.backbone
-        spec = getattr(backbone, "build_spec", None)
-        if spec is None:
-            raise ConfigError("imnet_fd needs a backbone built by name (build_segmentor / model.backbone), to "
-                              "build its frozen ImageNet copy")
-        if getattr(backbone, "input_normalization", None) is None:
-            raise ConfigError(f"imnet_fd needs a backbone with pretrained weights; {spec[0]!r} "
-                              "was built without them (set pretrained/weights in model.backbone_options)")
         if self.classes is not None and method.segmentor.num_classes is not None:
             bad = [c for c in self.classes if not 0 <= c < method.segmentor.num_classes]
             if bad:
                 raise ConfigError(f"imnet_fd classes {bad} are not train ids of a {method.segmentor.num_classes}-"
                                   "class model")
+        self._frozen = [self.imagenet_copy(backbone)]
 
-    def frozen_backbone(self, like: torch.Tensor, spec: Optional[tuple[str, dict[str, Any]]]) -> nn.Module:
-        """The frozen pretrained copy, built on first use on ``like``'s device."""
-        if not self._frozen:
-            assert spec is not None, "check() refuses backbones without a build_spec"
-            with torch.random.fork_rng(devices=[]):
-                net = BACKBONES.build(spec[0], **spec[1])
-            for p in net.parameters():
-                p.requires_grad_(False)
-            self._frozen.append(net.to(like.device).eval())
+    @staticmethod
+    def imagenet_copy(backbone: nn.Module) -> nn.Module:
+        """A frozen (eval, no gradients) copy of ``backbone`` holding its ImageNet weights (see the class)."""
+        spec = getattr(backbone, "build_spec", None)
+        if spec is None:
+            raise ConfigError("imnet_fd needs a backbone built by name (build_segmentor / model.backbone), to "
+                              "build its frozen ImageNet copy")
+        init = getattr(backbone, "pretrained_weights", None)
+        with torch.random.fork_rng(devices=[]):
+            net = BACKBONES.build(spec[0], **spec[1])
+        if init is not None:
+            holder = nn.Module()
+            holder.backbone = net
+            load_segmentor_weights(holder, init)
+        elif getattr(net, "input_normalization", None) is None:
+            raise ConfigError(f"imnet_fd needs a backbone with ImageNet weights; {spec[0]!r} was built without "
+                              "them (set pretrained/weights in model.backbone_options, or model.weights to an "
+                              "ImageNet checkpoint)")
+        for p in net.parameters():
+            p.requires_grad_(False)
+        return net.eval()
+
+    def frozen_backbone(self, like: torch.Tensor) -> nn.Module:
+        """The frozen ImageNet copy, on ``like``'s device."""
+        assert self._frozen, "check() builds the frozen copy when the add-on is attached"
+        if next(self._frozen[0].parameters()).device != like.device:
+            self._frozen[0] = self._frozen[0].to(like.device)
         return self._frozen[0]
 
     def forward(self, method: UDAMethod, state: StepState) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """``{"imnet_fd": lambda_fd * distance}`` on the source batch, and the share of positions it covers."""
         assert state.source_batch is not None, "imnet_fd reads the source images from the step's batches"
         image = state.source_batch["image"]
-        net = self.frozen_backbone(image, getattr(method.segmentor.backbone, "build_spec", None))
+        net = self.frozen_backbone(image)
         with torch.no_grad():
             frozen = net(image)["out"].detach()
         student = state.source.features

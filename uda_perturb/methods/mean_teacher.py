@@ -15,8 +15,9 @@ class MeanTeacher(nn.Module):
     """A copy of the student whose parameters follow it by EMA; never with gradients, dropout always off.
 
     After optimiser step ``t`` (1, 2, ...), ``update`` sets every parameter to ``a * teacher + (1 - a) * student``
-    with ``a = min(1 - 1 / (t + 1), alpha)``, the warm-up of DACS/DAFormer's ``_update_ema`` (a = 0.5 after the
-    first step).
+    with ``a = min(1 - 1 / (t + 1), alpha)``, the warm-up of DAFormer's ``_update_ema``, whose first update comes
+    at its iteration 1 (a = 0.5 after the first step). DACS's ``trainUDA.py`` applies the same formula from its
+    iteration 0, so there a = 0 after the first step (the teacher becomes the student); we follow DAFormer.
 
     ``bn="batch"`` (the references): the teacher runs in train mode with its dropout (and timm's DropPath)
     switched off, as DAFormer's ``forward_train`` does before ``encode_decode`` of the target image, so its

@@ -23,9 +23,11 @@ from ..registry import ADDONS
 from .base import StepState, UDAMethod
 
 
-def block_size_for(height: int, width: int, reference_block: int = 64, reference_crop: int = 512) -> int:
-    """MIC's 64-px blocks at 512 x 512 crops, scaled with the input's shorter side (at least 1 px):
-    15 px at 120 x 160, 22 px at 180 x 240 (Python's round)."""
+def block_size_for(height: int, width: int, reference_block: int = 32, reference_crop: int = 512) -> int:
+    """MIC's block size scaled with the input's shorter side (at least 1 px): MIC uses 64-px blocks at its
+    1024 x 1024 high-resolution crops and 32 px at 512 x 512 ("half the patch size when training with half
+    resolution", its ``experiments.py``), i.e. 32 px per 512 px: 8 px at 120 x 160, 11 px at 180 x 240
+    (Python's round)."""
     return max(1, round(reference_block * min(height, width) / reference_crop))
 
 
@@ -48,14 +50,15 @@ class MaskedImageConsistency(nn.Module):
             shorter side (:func:`block_size_for`).
         lambda_mic: loss weight (1).
         color_jitter_strength, color_jitter_probability, blur: the strong augmentation before masking
-            (MIC uses DACS's: 0.2, 0.2, blur on).
+            (MIC uses DAFormer's: 0.2, 0.2, blur on).
+        color_jitter_operator: ``"kornia"`` (MIC's) or ``"torchvision"``; see :mod:`uda_perturb.color_jitter`.
     """
 
     needs_target = True
 
     def __init__(self, mask_ratio: float = 0.7, block_size: Optional[int] = None, lambda_mic: float = 1.0,
                  color_jitter_strength: float = 0.2, color_jitter_probability: float = 0.2,
-                 blur: bool = True) -> None:
+                 blur: bool = True, color_jitter_operator: str = "kornia") -> None:
         super().__init__()
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mic mask_ratio must be in [0, 1), got {mask_ratio}")
@@ -63,7 +66,7 @@ class MaskedImageConsistency(nn.Module):
             raise ValueError(f"mic block_size must be positive, got {block_size}")
         self.mask_ratio, self.block_size, self.lambda_mic = mask_ratio, block_size, lambda_mic
         self.jitter = (color_jitter_strength, color_jitter_probability)
-        self.blur = blur
+        self.blur, self.jitter_operator = blur, color_jitter_operator
 
     def check(self, method: UDAMethod) -> None:
         """Refuse methods without an EMA teacher (nothing would give pseudo-labels)."""
@@ -73,7 +76,7 @@ class MaskedImageConsistency(nn.Module):
 
     def masked_image(self, image: torch.Tensor, normalization: str) -> torch.Tensor:
         """Strong augmentation, then the block mask (masked pixels are 0 in normalised space)."""
-        x = strong_augment(image, normalization, *self.jitter, blur=self.blur)
+        x = strong_augment(image, normalization, *self.jitter, blur=self.blur, jitter_operator=self.jitter_operator)
         h, w = x.shape[-2:]
         block = self.block_size or block_size_for(h, w)
         return x * block_mask(x.shape[0], h, w, block, self.mask_ratio, x.device).to(x.dtype)

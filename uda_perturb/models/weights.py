@@ -52,6 +52,8 @@ def load_weights(model: nn.Module, weights: str, *, strict: bool = False) -> tup
 
 
 # Which input normalisation each checkpoint format's weights expect.
+# formats that initialise a backbone from ImageNet (not a trained segmentation model)
+INIT_FORMATS = ("deeplab_init", "torchvision")
 FORMAT_NORMALIZATION = {"deeplab_init": "caffe", "deeplabv2": "caffe", "deeplabv2_vgg": "caffe",
                         "torchvision": "imagenet", "segmentor": None}
 # ASPP classifiers of DeepLab-v2 checkpoints, routed by their input channels: layer4 (ResNet) -> main head,
@@ -184,4 +186,6 @@ def load_segmentor_weights(segmentor: nn.Module, weights: str) -> dict[str, Any]
     backbone = getattr(segmentor, "backbone", None)
     if normalization is not None and backbone is not None:
         backbone.input_normalization = normalization
+    if fmt in INIT_FORMATS and backbone is not None:
+        backbone.pretrained_weights = weights  # the route of its ImageNet weights, for imnet_fd's frozen copy
     return report
