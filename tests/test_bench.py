@@ -172,7 +172,7 @@ def test_every_setup_resolves_for_every_method_it_lists(tmp_path):
         for method in setup.get("methods", []):
             run = p.adaptation(method, True, 0)
             cfg = load_config(p.recipe, run.overrides)
-            assert cfg.train.iters == setup["iters"] and cfg.method.name == method.split("+")[0]
+            assert cfg.train.iters == setup["iters"] and cfg.method.name == method.split("+")[0].split(" ")[0]
         load_config(p.recipe, p.warm_start(True, 1).overrides)
     v3 = SETUPS["camvid_pretrained_v3"]
     assert (v3["iters"], v3["adapt_lr"]) == (500, 1e-4) and v3["target"] == "target_dusk_heldout"

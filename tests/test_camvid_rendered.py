@@ -7,7 +7,7 @@ from PIL import Image
 
 import uda_perturb as up
 from uda_perturb.config import load_config
-from uda_perturb.data.label_renderer import BASE, CAR, ROAD, SKY, render_label_map, style_palette
+from uda_perturb.data.label_renderer import BASE, CAR, FENCE, POLE, ROAD, SKY, render_label_map, style_palette
 from uda_perturb.errors import DataError
 
 H, W = 36, 48
@@ -90,14 +90,66 @@ def test_dataset_renders_from_labels_alone_with_real_labels(tmp_path):
     assert not torch.equal(other_seed[0]["image"], a[0]["image"])
 
 
-def test_render_stride_renders_coarser_and_keeps_the_label_size(tmp_path):
+def test_images_are_rendered_at_full_resolution_as_8_bit_from_the_item_seed(tmp_path):
     write_fixture(tmp_path)
-    full = up.DATASETS.build("camvid_rendered", root=str(tmp_path), split="train", render_stride=1)
+    full = up.DATASETS.build("camvid_rendered", root=str(tmp_path), split="train")
     half = up.DATASETS.build("camvid_rendered", root=str(tmp_path), split="train", render_stride=2)
-    direct = render_label_map(scene(), np.random.default_rng([0, __import__("zlib").crc32(b"0016E5_00390.png"), 0]),
-                              full.palettes[0])
-    assert torch.allclose(full.render(0), torch.from_numpy(direct).permute(2, 0, 1))
-    assert half.render(0).shape == (3, H, W) and not torch.equal(half.render(0), full.render(0))
+    direct = render_label_map(scene(), np.random.default_rng([0, __import__("zlib").crc32(b"0016E5_00390.png"), 0]))
+    expected = torch.from_numpy(np.round(direct * 255) / 255).permute(2, 0, 1).float()
+    torch.testing.assert_close(full.render(0), expected, atol=1e-6, rtol=0)
+    assert full.render(0).shape == half.render(0).shape == (3, H, W) and not torch.equal(half.render(0), full.render(0))
+    assert torch.equal(full[0]["image"], full[0]["image"])  # the cached image is the same image
+
+
+def test_a_one_pixel_pole_survives_full_resolution_rendering():
+    """Rendering every other label pixel (the earlier default) loses a pole on an odd column; rendering every
+    pixel keeps it."""
+    lab = np.full((H, W), ROAD, np.uint8)
+    lab[:, 13] = POLE
+    contrast = []
+    for stride in (1, 2):
+        seen = []
+        for seed in range(6):  # the pole's colour against the road's varies with the draws: average
+            img = render_label_map(lab[::stride, ::stride], np.random.default_rng(seed))
+            if stride == 2:
+                img = torch.nn.functional.interpolate(torch.from_numpy(img).permute(2, 0, 1)[None], size=(H, W),
+                                                      mode="bilinear", align_corners=False)[0].permute(1, 2, 0).numpy()
+            cols = img.mean(axis=(0, 2))
+            seen.append(abs(cols[13] - (cols[10] + cols[16]) / 2))
+        contrast.append(float(np.mean(seen)))
+    assert contrast[0] > 0.02 and contrast[1] < contrast[0] / 3
+
+
+def test_renders_are_identical_across_thread_counts(tmp_path):
+    write_fixture(tmp_path)
+    images = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            ds = up.DATASETS.build("camvid_rendered", root=str(tmp_path), split="train", styles=2)
+            images.append([ds.render(i) for i in range(len(ds))])
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(*images))
+
+
+def test_each_image_draws_its_own_palette_and_texture_phases():
+    """Class colours differ between two renders of one label map in one style (a palette per image), and a
+    fence's slats sit at other columns (a phase per instance, not fixed screen positions)."""
+    lab = np.full((H, W), SKY, np.uint8)
+    lab[H // 2:] = FENCE
+    inner_sky = (slice(2, H // 2 - 2), slice(2, W - 2))
+    fence_rows = slice(H // 2 + 2, H - 2)
+    skies, profiles = [], []
+    for seed in range(6):
+        img = render_label_map(lab, np.random.default_rng(seed))
+        skies.append(img[inner_sky].reshape(-1, 3).mean(0))
+        p = img[fence_rows].mean(axis=(0, 2))
+        profiles.append(p - p.mean())
+    assert np.ptp(np.array(skies), axis=0).max() > 0.03
+    corr = [np.corrcoef(profiles[0], q)[0, 1] for q in profiles[1:]]
+    assert min(corr) < 0.5  # fixed slat positions correlate near 1 whatever the colours
 
 
 def test_bad_options_and_indices_are_refused(tmp_path):
@@ -106,24 +158,36 @@ def test_bad_options_and_indices_are_refused(tmp_path):
         up.DATASETS.build("camvid_rendered", root=str(tmp_path), split="train", styles=0)
     with pytest.raises(DataError, match="render_stride"):
         up.DATASETS.build("camvid_rendered", root=str(tmp_path), split="train", render_stride=0)
+    with pytest.raises(DataError, match=r"exclude_frames must be \[first, last\]"):
+        up.DATASETS.build("camvid_rendered", root=str(tmp_path), split="train", exclude_frames=[500, 400])
     ds = up.DATASETS.build("camvid_rendered", root=str(tmp_path), split="train", styles=2)
     with pytest.raises(IndexError):
         ds[4]
 
 
-def test_rendered2real_recipe_keeps_rendered_and_real_sequences_apart(camvid_root):
-    cfg = load_config("camvid_rendered2real", [f"data.source.root={camvid_root}", f"data.target.root={camvid_root}"])
+def test_rendered2real_recipe_keeps_rendered_and_real_sequences_apart_and_holds_source_test_out(camvid_root):
+    from uda_perturb.data.camvid import frame_number
+    from uda_perturb.engine.loaders import build_dataset
+
+    cfg = load_config("camvid_rendered2real", [f"data.source.root={camvid_root}", f"data.target.root={camvid_root}",
+                                               f"data.eval.real_test.root={camvid_root}",
+                                               f"data.eval.source_test.root={camvid_root}"])
     src, tgt = cfg.data.source, cfg.data.target
     assert src.name == "camvid_rendered" and src.options["sequences"] == ["0016E5"]
     assert tgt.name == "camvid" and tgt.options["sequences"] == ["0006R0"] and tgt.options["labelled"] is False
-    source = up.DATASETS.build("camvid_rendered", root=str(camvid_root), split=["train", "val"], sequences=["0016E5"])
-    target = up.DATASETS.build("camvid", root=str(camvid_root), split="train", sequences=["0006R0"], labelled=False)
-    test = up.DATASETS.build("camvid", root=str(camvid_root), split="test")
-    assert len(source) == 2 * 305 and len(target) == 101 and len(test) == 171
+    source, target = build_dataset(src, train=True), build_dataset(tgt, train=True)
+    test, held = build_dataset(cfg.data.eval["real_test"], False), build_dataset(cfg.data.eval["source_test"], False)
+    assert len(target) == 101 and len(test) == 171 and len(held) == 101
+    frames = lambda ds: {(p.name.split("_")[0], frame_number(p.name)) for p in ds.frames.images}  # noqa: E731
+    clip = frames(held)
+    assert {f for _, f in clip} == set(range(7959, 8160, 2))  # the val clip
+    # the source trains on 0016E5 outside the clip and 90 frames on either side of it
+    assert len(source) == 2 * 200 and not any(7869 <= f <= 8249 for _, f in frames(source))
+    assert min(abs(f - g) for _, f in frames(source) for _, g in clip) > 60
     seqs = lambda names: {n.split("_")[0] for n in names}  # noqa: E731
-    rendered = seqs(p.name for p in source.frames.labels)
     real = seqs(p.name for p in target.images) | seqs(p.name for p in test.images)
-    assert rendered == {"0016E5"} and real == {"0006R0", "Seq05VD"}
+    assert seqs(p.name for p in source.frames.labels) == {"0016E5"} and real == {"0006R0", "Seq05VD"}
+    assert cfg.data.eval["real_test"].options == {"sequences": ["Seq05VD"]}  # dusk test frames never count
 
 
 def test_gap_benchmark_trains_the_same_recipe_on_renderings_and_on_the_photos(tmp_path):

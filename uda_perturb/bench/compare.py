@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from .answers import answers_table
 from .gap import closed_by_method, gap_plot, gap_table, read_gap
 from .report import (
     DEFAULT_RESULTS,
@@ -139,6 +140,13 @@ def report(args: argparse.Namespace, protocol: Protocol, out: Path, agg: dict, n
         a = setup["also"]
         md += [f"## Summary on {a} (every target frame, those adapted on included)", "",
                summary_table(agg, a, g), ""]
+    if setup.get("questions"):
+        suffix = " +aug" if getattr(args, "aug", "off") == "on" else ""
+        keyed = {k.replace(suffix, ""): v for k, v in diffs.items()}
+        budget = setup.get("budget_hours")
+        md += [f"## What it answers (on {t}; criteria fixed before the runs)", "",
+               answers_table(setup["questions"], keyed, env["estimated_wall_seconds_from_scratch"],
+                             budget * 3600 if budget else None), ""]
     if diffs:
         md += [f"## Paired differences on {t} (seed by seed: both runs of a seed share its warm start)", "",
                differences_table(diffs, t), ""]

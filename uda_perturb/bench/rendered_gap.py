@@ -20,7 +20,8 @@ RECIPE = "camvid_rendered2real"
 CAMVID = "../shared/data/camvid"
 COMMON = ["data.num_workers=0", "train.checkpoint_every=0", "train.eval_every=0"]
 # the real-source control: the same frames' photos instead of their renderings
-REAL_SOURCE = (f"data.source={{name: camvid, root: {CAMVID}, split: [train, val], options: {{sequences: [0016E5]}}, "
+REAL_SOURCE = (f"data.source={{name: camvid, root: {CAMVID}, split: [train, val], "
+               "options: {sequences: [0016E5], exclude_frames: [7869, 8249]}, "
                "transforms: {size: [120, 160], flip: true, normalize: inception}}")
 TARGET = "real_test"
 

@@ -22,16 +22,19 @@ def frame_number(path: str) -> int:
 @DATASETS.register("camvid")
 def camvid(root: str, split: Union[str, Sequence[str]] = "train", transform: Optional[Transform] = None,
            sequences: Optional[Sequence[str]] = None, labelled: bool = True,
-           frames: Optional[Sequence[int]] = None) -> PairedSegmentationDataset:
+           frames: Optional[Sequence[int]] = None,
+           exclude_frames: Optional[Sequence[int]] = None) -> PairedSegmentationDataset:
     """CamVid, 11 classes (index 11 "Unlabelled" -> 255).
 
     ``split`` is one list-file name or several (``["train", "val"]``); ``sequences`` keeps only frames whose
     file name starts with one of the given sequence prefixes (``["0001TP"]`` = the dusk frames); ``frames:
     [first, last]`` keeps the frame numbers in that range (``0001TP_006690`` is frame 6690), e.g. the protocol's
-    adaptation frames ``[6690, 7860]`` and held-out evaluation frames ``[7890, 8520]``.
+    adaptation frames ``[6690, 7860]`` and held-out evaluation frames ``[7890, 8520]``; ``exclude_frames: [first,
+    last]`` drops the frame numbers in that range (a held-out clip and a margin around it).
     """
-    if frames is not None and (len(frames) != 2 or frames[0] > frames[1]):
-        raise DataError(f"camvid: frames must be [first, last] with first <= last, got {list(frames)}")
+    for key, rng in (("frames", frames), ("exclude_frames", exclude_frames)):
+        if rng is not None and (len(rng) != 2 or rng[0] > rng[1]):
+            raise DataError(f"camvid: {key} must be [first, last] with first <= last, got {list(rng)}")
     root_p = Path(root)
     splits = [split] if isinstance(split, str) else list(split)
     images, labels = [], []
@@ -49,6 +52,8 @@ def camvid(root: str, split: Union[str, Sequence[str]] = "train", transform: Opt
             if sequences and not any(Path(img).name.startswith(q) for q in sequences):
                 continue
             if frames is not None and not frames[0] <= frame_number(img) <= frames[1]:
+                continue
+            if exclude_frames is not None and exclude_frames[0] <= frame_number(img) <= exclude_frames[1]:
                 continue
             images.append(root_p / img)
             labels.append(root_p / lab if labelled else None)

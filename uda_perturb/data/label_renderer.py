@@ -1,12 +1,15 @@
 """Render a CamVid label map as a synthetic image: real scene geometry, procedural appearance (the way GTA5 is a
 synthetic source for Cityscapes). No photo pixel is used; the image is a function of the label map and an RNG.
 
-Per class: a base colour, jittered per style and per instance (connected component), and a procedural texture
+Per class: a base colour, jittered per image and per instance (connected component), and a procedural texture
 (window grids on buildings, dashed lane marks on road, paving joints, foliage noise on trees, a sky gradient with
-clouds, fence slats, car windows and wheels, clothes on people). Per image: shading by image row, a global light
-level, a colour temperature, a little blur and sensor noise.
+clouds, fence slats, pole stripes, car windows and wheels, clothes on people); every periodic texture has its own
+phase per instance, so none sits at fixed screen positions. Per image: the class colours (a palette), shading
+by image row, a global light level, a colour temperature, a little blur and sensor noise.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 import torch
@@ -25,7 +28,7 @@ SIGN_PAINTS = np.array([[0.85, 0.12, 0.10], [0.10, 0.25, 0.75], [0.95, 0.80, 0.1
 CLOTHES = np.array([[0.70, 0.15, 0.15], [0.15, 0.25, 0.60], [0.85, 0.85, 0.80], [0.15, 0.15, 0.15],
                     [0.55, 0.45, 0.30], [0.20, 0.45, 0.25], [0.80, 0.55, 0.15]], np.float32)
 TROUSERS = np.array([[0.10, 0.12, 0.25], [0.08, 0.08, 0.08], [0.35, 0.28, 0.20], [0.40, 0.40, 0.42]], np.float32)
-INSTANCE_CLASSES = (BUILDING, POLE, TREE, SIGN, FENCE, CAR, PEDESTRIAN, BICYCLIST)
+INSTANCE_CLASSES = (BUILDING, POLE, PAVEMENT, TREE, SIGN, FENCE, CAR, PEDESTRIAN, BICYCLIST)
 
 
 def value_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.ndarray:
@@ -57,12 +60,15 @@ def _components(label: np.ndarray) -> tuple[np.ndarray, list, np.ndarray]:
     return comp, boxes, np.array(classes, np.int32)
 
 
-def render_label_map(label: np.ndarray, rng: np.random.Generator, palette: np.ndarray) -> np.ndarray:
+def render_label_map(label: np.ndarray, rng: np.random.Generator, palette: Optional[np.ndarray] = None) -> np.ndarray:
     """An ``H x W x 3`` float32 image in [0, 1] rendered from a raw CamVid label map (ids 0-11) alone.
 
-    ``palette`` is the style's class colours (:func:`style_palette`); ``rng`` draws everything else (instance
-    colours, texture phases, light), so the same ``(label, rng state, palette)`` gives the same image.
+    ``palette``: the class colours (:func:`style_palette`); ``None`` draws them from ``rng`` first (a palette per
+    image). ``rng`` draws everything else (instance colours, texture phases, light), so the same ``(label, rng
+    state, palette)`` gives the same image, whatever the number of threads.
     """
+    if palette is None:
+        palette = style_palette(rng)
     h, w = label.shape
     s = w / 480.0  # textures are sized for CamVid's 480-pixel width
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -117,10 +123,11 @@ def render_label_map(label: np.ndarray, rng: np.random.Generator, palette: np.nd
     dash = ((yy + rng.uniform(0, 40)) // (20 * s)) % 2 == 0
     marks = road & (np.abs(xx - centre[:, None]) < half[:, None]) & dash & (count[:, None] > 20 * s)
     img[marks] = np.array([0.90, 0.88, 0.80], np.float32)
-    # pavement: paving joints
+    # pavement: paving joints, their grid shifted per pavement region
     pav = label == PAVEMENT
     tile = 14 * s
-    shade -= pav * 0.12 * (((xx % tile) < 1.5) | ((yy % (tile * 0.6)) < 1.5))
+    jx, jy = (xx + ox[comp] * s) % tile, (yy + oy[comp] * s) % (tile * 0.6)
+    shade -= pav * 0.12 * ((jx < 1.5) | (jy < 1.5))
     # trees: foliage, several scales of noise
     tree = label == TREE
     foliage = 0.5 * value_noise(rng, h, w, 3 * s) + 0.3 * value_noise(rng, h, w, 10 * s) \
@@ -131,9 +138,9 @@ def render_label_map(label: np.ndarray, rng: np.random.Generator, palette: np.nd
     clouds = np.clip(value_noise(rng, h, w, 60 * s) - rng.uniform(0.45, 0.75), 0, 1) * 1.8
     img[sky] = img[sky] * (1 - clouds[sky, None]) + clouds[sky, None] * 0.92
     shade += sky * (yy / h) * 0.35
-    # fences: slats; poles: a rounded shading across x
-    shade -= (label == FENCE) * 0.35 * ((xx % (8 * s)) > 5 * s)
-    shade *= np.where(label == POLE, 0.8 + 0.3 * np.sin(xx * 0.9), 1.0).astype(np.float32)
+    # fences: slats; poles: a rounded shading across x; each with its own phase
+    shade -= (label == FENCE) * 0.35 * (((xx + ox[comp] * s) % (8 * s)) > 5 * s)
+    shade *= np.where(label == POLE, 0.8 + 0.3 * np.sin((xx + ox[comp]) * 0.9), 1.0).astype(np.float32)
     shade += (label == UNLABELLED) * (value_noise(rng, h, w, 6 * s) - 0.5) * 0.4
     img *= shade[..., None]
 
