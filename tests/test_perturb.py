@@ -143,7 +143,7 @@ def test_each_attack_increases_its_own_loss(name, domain):
     f = torch.randn(B, C, H, W)
     y = torch.randint(0, K, (B, H, W)) if domain == "source" else None
     p = Perturber([name], eps=0.5, eps_mode="absolute", defenses=["kl"])
-    _, stats, _ = p.perturb(f, conv, labels=y, domain=domain, discriminator=disc, measure=True)
+    _, stats, _ = p.perturb(f, conv, labels=y, domain=domain, discriminator=disc, measure=True, output_size=(H, W))
     assert stats.attack_loss_after > stats.attack_loss_before
 
 

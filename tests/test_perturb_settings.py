@@ -70,7 +70,8 @@ def test_more_argument_errors_in_full():
                          ({"alpha": 0}, "alpha must be positive, got 0"),
                          ({"bn_mode": "train"}, "bn_mode must be 'eval' or 'batch', got 'train'"),
                          ({"discriminator_input": "x"},
-                          f"discriminator_input must be one of {DISCRIMINATOR_INPUTS}, got 'x'")]:
+                          f"discriminator_input must be one of {DISCRIMINATOR_INPUTS} or a callable, got 'x'"),
+                         ({"defense_bn_mode": "batch"}, "defense_bn_mode must be 'train' or 'eval', got 'batch'")]:
         with raises_exactly(ValueError, text):
             Perturber(**kwargs)
 
@@ -91,8 +92,8 @@ def identity(f):
      "domain must be one of ('source', 'target'), got 'x'"),
     (lambda p: p.perturb(torch.zeros(2, 3, 4, 4), identity, labels=torch.zeros(3, 4, 4, dtype=torch.long)),
      ValueError, "labels must be B x H x W with B=2, got (3, 4, 4)"),
-    (lambda p: p.perturb(torch.zeros(2, 3, 4, 4), identity, labels=torch.zeros(2, 4, 4)), TypeError,
-     "labels must be an integer tensor, got torch.float32"),
+    (lambda p: p.perturb(torch.zeros(2, 3, 4, 4), identity, labels=torch.full((2, 4, 4), 0.5)), TypeError,
+     "labels must hold whole class ids; got torch.float32 values such as 0.5"),
     (lambda p: p.perturb(torch.zeros(2, 3, 4, 4), identity, labels=torch.full((2, 4, 4), 3)), ValueError,
      "labels hold values [3] outside [0, 3) other than the ignore index 255"),
     (lambda p: p.perturb(torch.zeros(1, 3, 4, 4), identity, labels=torch.arange(3, 19).view(1, 4, 4)), ValueError,
@@ -102,7 +103,10 @@ def identity(f):
     (lambda p: Perturber(["discriminator"]).perturb(torch.ones(2, 3, 4, 4), identity), ValueError,
      "attack 'discriminator' needs a discriminator: pass discriminator=..."),
     (lambda p: Perturber(defenses="ce").perturb(torch.ones(2, 3, 4, 4), identity, domain="target"), ValueError,
-     "defense 'ce' needs labels (source data); use 'kl', 'entropy' or 'pseudo_ce' on target data"),
+     "defense 'ce' needs labels; on unlabelled target features use 'kl', 'entropy' or 'pseudo_ce'"),
+    (lambda p: p.perturb(torch.ones(2, 3, 4, 4), identity), ValueError,  # domain="target" forgotten
+     "defense 'ce' needs labels and none were given: for unlabelled target features pass domain='target' (its "
+     "default defense is 'kl'); for source features pass labels=..."),
 ])
 def test_input_errors_in_full(call, error, text):
     with raises_exactly(error, text):

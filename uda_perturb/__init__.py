@@ -16,6 +16,7 @@ from . import attacks as _attacks  # noqa: F401  (registers built-in attacks)
 from . import data, methods, models  # noqa: F401  (registers datasets, methods and add-ons)
 from . import defenses as _defenses  # noqa: F401
 from .attacks import AttackObjective
+from .capture import FeatureCapture, capture_features
 from .defenses import DefenseLoss
 from .methods import StepResult, UDAMethod, build_method
 from .models import Segmentor, SegmentorOutput, build_segmentor, split_torchvision
@@ -91,6 +92,7 @@ def registries() -> dict[str, Registry]:
 
 __all__ = [
     "ADDONS", "ATTACKS", "AttackObjective", "BACKBONES", "DATASETS", "DEFENSES", "DISCRIMINATORS", "DefenseLoss",
+    "FeatureCapture", "capture_features",
     "HEADS", "METHODS", "ObjectiveContext", "PerturbResult", "PerturbStats", "Perturber", "Registry", "Segmentor",
     "SegmentorOutput", "StepResult", "UDAMethod", "build_attack", "build_backbone", "build_defense",
     "build_discriminator", "build_head", "build_method", "build_segmentor", "list_addons", "list_attacks",

@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .losses import SOURCE_LABEL, TARGET_LABEL, bce_to, entropy_loss, kl_div, seg_ce, upsample
-from .models.discriminators import discriminator_input
+from .losses import SOURCE_LABEL, TARGET_LABEL, bce_to, entropy_loss, kl_div, seg_ce
+from .models.discriminators import check_discriminator_input, discriminator_input
 from .objective_context import ObjectiveContext
 from .registry import ATTACKS
 
@@ -41,10 +41,11 @@ class ClassifierAttack(AttackObjective):
 
     def forward(self, ctx: ObjectiveContext, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if ctx.labels is not None:
-            return seg_ce(logits, ctx.labels, ctx.ignore_index)
+            return seg_ce(logits, ctx.labels, ctx.ignore_index, align_corners=ctx.align_corners)
         if self.target_mode == "kl":
-            return kl_div(ctx.clean_at_pixels(), upsample(logits, ctx.pixel_size))
-        return seg_ce(logits, ctx.pseudo_labels(self.pseudo_threshold), ctx.ignore_index)
+            return kl_div(ctx.clean_at_pixels(), ctx.upsample(logits))
+        return seg_ce(logits, ctx.pseudo_labels(self.pseudo_threshold), ctx.ignore_index,
+                      align_corners=ctx.align_corners)
 
 
 @ATTACKS.register("entropy")
@@ -52,7 +53,7 @@ class EntropyAttack(AttackObjective):
     """Mean normalised entropy of the prediction: pushes every position towards uncertainty."""
 
     def forward(self, ctx: ObjectiveContext, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        return entropy_loss(upsample(logits, ctx.pixel_size))
+        return entropy_loss(ctx.upsample(logits))
 
 
 @ATTACKS.register("discriminator")
@@ -63,7 +64,8 @@ class DiscriminatorAttack(AttackObjective):
 
     def forward(self, ctx: ObjectiveContext, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         assert ctx.discriminator is not None
-        d_in = discriminator_input(ctx.discriminator_input, features, upsample(logits, ctx.pixel_size))
+        d_in = discriminator_input(ctx.discriminator_input, features, ctx.upsample(logits))
+        check_discriminator_input(ctx.discriminator, ctx.discriminator_input, d_in, features, logits.shape[1])
         label = SOURCE_LABEL if ctx.domain == "source" else TARGET_LABEL
         return bce_to(ctx.discriminator(d_in), label)
 

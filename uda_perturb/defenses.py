@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .losses import entropy_loss, kl_div, pixel_weighted_ce, seg_ce, upsample
+from .losses import entropy_loss, kl_div, pixel_weighted_ce, seg_ce
 from .objective_context import ObjectiveContext
 from .registry import DEFENSES
 
@@ -32,8 +32,10 @@ class CrossEntropyDefense(DefenseLoss):
     def forward(self, ctx: ObjectiveContext, adv_logits: torch.Tensor) -> torch.Tensor:
         assert ctx.labels is not None
         if ctx.pixel_weights is not None:
-            return pixel_weighted_ce(adv_logits, ctx.labels, ctx.pixel_weights, ctx.ignore_index, ctx.class_weights)
-        return seg_ce(adv_logits, ctx.labels, ctx.ignore_index, weight=ctx.class_weights)
+            return pixel_weighted_ce(adv_logits, ctx.labels, ctx.pixel_weights, ctx.ignore_index, ctx.class_weights,
+                                     ctx.align_corners)
+        return seg_ce(adv_logits, ctx.labels, ctx.ignore_index, weight=ctx.class_weights,
+                      align_corners=ctx.align_corners)
 
 
 @DEFENSES.register("kl")
@@ -41,7 +43,7 @@ class KLDefense(DefenseLoss):
     """``KL(p(f) detached || p(f*))``: the perturbed prediction must match the clean one."""
 
     def forward(self, ctx: ObjectiveContext, adv_logits: torch.Tensor) -> torch.Tensor:
-        return kl_div(ctx.clean_at_pixels(), upsample(adv_logits, ctx.pixel_size))
+        return kl_div(ctx.clean_at_pixels(), ctx.upsample(adv_logits))
 
 
 @DEFENSES.register("entropy")
@@ -49,7 +51,7 @@ class EntropyDefense(DefenseLoss):
     """Mean normalised entropy of ``softmax(F(f*))``."""
 
     def forward(self, ctx: ObjectiveContext, adv_logits: torch.Tensor) -> torch.Tensor:
-        return entropy_loss(upsample(adv_logits, ctx.pixel_size))
+        return entropy_loss(ctx.upsample(adv_logits))
 
 
 @DEFENSES.register("pseudo_ce")
@@ -61,4 +63,5 @@ class PseudoLabelDefense(DefenseLoss):
         self.threshold = threshold
 
     def forward(self, ctx: ObjectiveContext, adv_logits: torch.Tensor) -> torch.Tensor:
-        return seg_ce(adv_logits, ctx.pseudo_labels(self.threshold), ctx.ignore_index)
+        return seg_ce(adv_logits, ctx.pseudo_labels(self.threshold), ctx.ignore_index,
+                      align_corners=ctx.align_corners)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .losses import IGNORE_INDEX, upsample
+from .models.discriminators import DiscriminatorSpace
 
 Classifier = Callable[[torch.Tensor], torch.Tensor]
 
@@ -28,11 +29,12 @@ class ObjectiveContext:
     clean_logits: torch.Tensor
     labels: Optional[torch.Tensor] = None
     discriminator: Optional[nn.Module] = None
-    discriminator_input: str = "softmax"
+    discriminator_input: DiscriminatorSpace = "softmax"
     output_size: Optional[tuple[int, int]] = None
     ignore_index: int = IGNORE_INDEX
     class_weights: Optional[torch.Tensor] = None  # per-class weights of label-based defense losses
     pixel_weights: Optional[torch.Tensor] = None  # B x H x W weights of the labels (self-training's mixed labels)
+    align_corners: bool = True  # how logits are upsampled to pixel size (True: the DeepLab references)
 
     @property
     def pixel_size(self) -> tuple[int, int]:
@@ -43,9 +45,13 @@ class ObjectiveContext:
             return tuple(self.output_size)  # type: ignore[return-value]
         return tuple(self.clean_logits.shape[-2:])  # type: ignore[return-value]
 
+    def upsample(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` upsampled to ``pixel_size`` (bilinear, ``align_corners`` as set)."""
+        return upsample(logits, self.pixel_size, self.align_corners)
+
     def clean_at_pixels(self) -> torch.Tensor:
         """Clean logits upsampled to ``pixel_size`` (detached)."""
-        return upsample(self.clean_logits, self.pixel_size).detach()
+        return self.upsample(self.clean_logits).detach()
 
     def pseudo_labels(self, threshold: float = 0.0) -> torch.Tensor:
         """Argmax of the clean prediction; pixels whose max probability is below ``threshold`` are ignored."""

@@ -5,7 +5,9 @@ adds on the features it already computed (no extra backbone pass).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
+import difflib
+import inspect
 from typing import Any, Mapping, Optional, cast
 
 import torch
@@ -13,7 +15,6 @@ from torch import nn
 
 from .attack_combination import (
     COMBINE_MODES,
-    ObjectiveStats,
     ObjectiveTracker,
     balanced_direction,
     objective_gradients,
@@ -23,48 +24,17 @@ from .attack_combination import (
 )
 from .losses import IGNORE_INDEX
 from .model_state import frozen_state
-from .models.discriminators import DISCRIMINATOR_INPUTS
+from .models.discriminators import DISCRIMINATOR_INPUTS, DiscriminatorSpace
 from .objective_context import Classifier, ObjectiveContext
 from .objective_spec import ObjectiveSpec, Term, resolve
-from .perturb_checks import check_inputs, check_label_values
+from .perturb_checks import check_inputs, check_label_values, logits_of
+from .perturb_geometry import project, radius, random_start
+from .perturb_result import PerturbResult, PerturbStats, _summary
 from .registry import ATTACKS, DEFENSES
 
 NORMS = ("l2", "linf")
 EPS_MODES = ("absolute", "relative")
-_TINY = 1e-12
-
-@dataclass
-class PerturbStats:
-    """Summary of one perturbation: per-position L2 norms of ``f* - f``, the share of positions moved, and,
-    with several attack objectives, how each took part (``objectives``: name -> :class:`ObjectiveStats`)."""
-
-    mean_norm: float
-    max_norm: float
-    mean_relative_norm: float
-    fraction_perturbed: float
-    attack_loss_before: float
-    attack_loss_after: Optional[float] = None
-    objectives: dict[str, ObjectiveStats] = field(default_factory=dict)
-
-
-@dataclass
-class PerturbResult:
-    """What ``perturb_and_defend`` returns. ``loss`` trains the classifier (``perturbed`` is detached)."""
-
-    perturbed: torch.Tensor
-    loss: torch.Tensor
-    losses: dict[str, torch.Tensor]
-    stats: PerturbStats
-    adv_logits: torch.Tensor
-
-
-def _summary(delta: torch.Tensor, f0: torch.Tensor, moved: torch.Tensor, loss_before: float,
-             loss_after: Optional[float]) -> PerturbStats:
-    """Per-position norms of the displacement ``delta`` of ``f0``, and the share of positions ``moved``."""
-    norms = position_norm(delta)
-    rel = norms / (position_norm(f0) + _TINY)
-    return PerturbStats(float(norms.mean()), float(norms.max()), float(rel.mean()), float(moved.float().mean()),
-                        loss_before, loss_after)
+__all__ = ["Perturber", "PerturbResult", "PerturbStats", "perturb_and_defend"]
 
 
 class Perturber(nn.Module):
@@ -82,7 +52,10 @@ class Perturber(nn.Module):
         random_start: start from a random point of the ball (needed by the VAT-style ``kl`` objective).
         project: project onto the per-position ball after each step.
         bn_mode: BatchNorm during attack steps: ``"eval"`` (running stats) or ``"batch"`` (buffers restored).
-        discriminator_input: what D sees: ``softmax`` of logits, ``entropy`` map, or ``features``.
+        discriminator_input: what D sees: ``"softmax"`` of the logits (AdaptSegNet's D), ``"self_information"``
+            (ADVENT's per-class map ``-p log p / log K``; ``"entropy"`` is its earlier name), ``"features"`` (a
+            feature-level D), or a callable ``(features, logits at pixel size) -> D input``. When D's first
+            layer tells its channel count, a space that does not fit is refused, naming the one that does.
         channels_last: run the attack's passes on channels-last features (``True``, default), contiguous ones
             (``False``), or in the features' own layout (``None``). The values are the same up to rounding. It
             was chosen when it made a dilated ASPP head's input gradient about 3x faster on CPU; with torch 2.14
@@ -91,6 +64,12 @@ class Perturber(nn.Module):
             reproduced bit for bit.
         track_attack_loss: also evaluate the attack objective at ``f*`` (``stats.attack_loss_after``); this
             costs one more discriminator pass, so it is off by default.
+        defense_bn_mode: the classifier's mode in the defense pass ``classifier(f*)``: ``"train"`` (default: the
+            caller's mode, so train-mode BatchNorm normalises with the perturbed batch and updates its running
+            statistics, and dropout is random) or ``"eval"`` (running statistics, no dropout, BatchNorm buffers
+            untouched; gradients still reach the classifier).
+        align_corners: how logits are upsampled to pixel size for the pixel losses: ``True`` (default, the DeepLab-v2
+            references: AdaptSegNet, ADVENT, DACS) or ``False`` (torchvision's and mmseg's models).
         combine: how several attack objectives make one step (one objective: all three are the same).
             ``"balanced"`` (default): each objective's own input gradient is turned into its per-position
             direction (L2: divided by its norm over channels; Linf: its sign), the directions are summed with the
@@ -113,12 +92,13 @@ class Perturber(nn.Module):
     def __init__(self, attacks: Optional[ObjectiveSpec] = None, defenses: Optional[ObjectiveSpec] = None, *,
                  eps: float = 0.1, steps: int = 1, alpha: Optional[float] = None, norm: str = "l2",
                  eps_mode: str = "relative", random_start: bool = False, project: bool = True,
-                 bn_mode: str = "eval", discriminator_input: str = "softmax",
+                 bn_mode: str = "eval", discriminator_input: DiscriminatorSpace = "softmax",
                  attack_weights: Optional[Mapping[str, float]] = None,
                  defense_weights: Optional[Mapping[str, float]] = None,
                  ignore_index: int = IGNORE_INDEX, channels_last: Optional[bool] = True,
                  track_attack_loss: bool = False, combine: str = "balanced",
-                 objective_stats: Optional[bool] = None) -> None:
+                 objective_stats: Optional[bool] = None, defense_bn_mode: str = "train",
+                 align_corners: bool = True) -> None:
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -134,14 +114,18 @@ class Perturber(nn.Module):
             raise ValueError(f"bn_mode must be 'eval' or 'batch', got {bn_mode!r}")
         if combine not in COMBINE_MODES:
             raise ValueError(f"combine must be one of {COMBINE_MODES}, got {combine!r}")
-        if discriminator_input not in DISCRIMINATOR_INPUTS:
-            raise ValueError(f"discriminator_input must be one of {DISCRIMINATOR_INPUTS}, got {discriminator_input!r}")
+        if not callable(discriminator_input) and discriminator_input not in DISCRIMINATOR_INPUTS:
+            raise ValueError(f"discriminator_input must be one of {DISCRIMINATOR_INPUTS} or a callable, got "
+                             f"{discriminator_input!r}")
+        if defense_bn_mode not in ("train", "eval"):
+            raise ValueError(f"defense_bn_mode must be 'train' or 'eval', got {defense_bn_mode!r}")
         self.eps, self.steps, self.norm, self.eps_mode = float(eps), int(steps), norm, eps_mode
         self.alpha = float(alpha) if alpha is not None else self.eps / self.steps
         self.random_start, self.project, self.bn_mode = random_start, project, bn_mode
         self.discriminator_input, self.ignore_index = discriminator_input, ignore_index
         self.channels_last, self.track_attack_loss = channels_last, track_attack_loss
         self.combine, self.objective_stats = combine, objective_stats
+        self.defense_bn_mode, self.align_corners = defense_bn_mode, align_corners
         self._attack_spec, self._defense_spec = attacks, defenses
         self._attack_weights, self._defense_weights = attack_weights, defense_weights
         self.attack_terms = resolve(ATTACKS, attacks, attack_weights) if attacks is not None else None
@@ -167,29 +151,16 @@ class Perturber(nn.Module):
         return self._default_terms[key]
 
     def _radius(self, f0: torch.Tensor, value: float) -> torch.Tensor:
-        """Per-position radius ``B x 1 x h x w`` (or a scalar tensor for absolute eps)."""
-        if self.eps_mode == "absolute":
-            return torch.tensor(value, dtype=torch.float32, device=f0.device)
-        scale = position_norm(f0)
-        if self.norm == "linf":
-            scale = scale / f0.shape[1] ** 0.5
-        return value * scale
+        return radius(f0, value, self.eps_mode, self.norm)
 
     def _direction(self, g: torch.Tensor) -> torch.Tensor:
         return unit_direction(g, self.norm)
 
-    def _project(self, delta: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
-        if self.norm == "l2":
-            n = position_norm(delta)
-            return delta * torch.clamp(radius / (n + _TINY), max=1.0)
-        return torch.maximum(torch.minimum(delta, radius), -radius)
+    def _project(self, delta: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return project(delta, r, self.norm)
 
-    def _random_start(self, f0: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
-        if self.norm == "l2":
-            d = torch.randn(f0.shape, device=f0.device, dtype=torch.float32)
-            u = torch.rand((f0.shape[0], 1, *f0.shape[2:]), device=f0.device)
-            return d / (position_norm(d) + _TINY) * radius * u
-        return (torch.rand(f0.shape, device=f0.device) * 2 - 1) * radius
+    def _random_start(self, f0: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return random_start(f0, r, self.norm)
 
     @staticmethod
     def _attack_loss(terms: list[Term], ctx: ObjectiveContext, f: torch.Tensor,
@@ -251,7 +222,8 @@ class Perturber(nn.Module):
         directly: no gradient pass, the same radius.
         """
         attacks = self._attacks_for(discriminator)
-        check_inputs(features, labels, domain, discriminator, attacks, self._defenses_for(domain))
+        labels = check_inputs(features, labels, domain, discriminator, attacks, self._defenses_for(domain),
+                              clean_logits, output_size, self.discriminator_input)
         f0 = features.detach()
         if getattr(attacks[0].module, "gradient_free", False):
             return self._control(attacks[0], f0, classifier, labels, domain, discriminator, clean_logits,
@@ -277,7 +249,7 @@ class Perturber(nn.Module):
                 shared: Optional[list[torch.Tensor]] = None
                 if len(groups) > 1 and step == 0 and not self.random_start:
                     f = self._attack_point(f0, deltas[0])
-                    logits = classifier(f)
+                    logits = logits_of(classifier, f)
                     ctx = self._context(classifier, f0, logits, clean_logits, labels, domain, discriminator,
                                         output_size, class_weights, pixel_weights)
                     values = [t.weight * t.module(ctx, f, logits) for t in attacks]
@@ -290,7 +262,7 @@ class Perturber(nn.Module):
                         combined, parts = shared[i], ([unit_l2(shared[i])] if want_grads else None)
                     else:
                         f = self._attack_point(f0, deltas[i])
-                        logits = classifier(f)
+                        logits = logits_of(classifier, f)
                         if ctx is None:
                             ctx = self._context(classifier, f0, logits, clean_logits, labels, domain, discriminator,
                                                 output_size, class_weights, pixel_weights)
@@ -340,7 +312,8 @@ class Perturber(nn.Module):
         if labels is not None:
             check_label_values(labels, clean_logits.shape[1], self.ignore_index)
         return ObjectiveContext(classifier, domain, clean_logits.detach(), labels, discriminator,
-                                self.discriminator_input, output_size, self.ignore_index, class_weights, pixel_weights)
+                                self.discriminator_input, output_size, self.ignore_index, class_weights, pixel_weights,
+                                self.align_corners)
 
     def _control(self, term: Term, f0: torch.Tensor, classifier: Classifier, labels: Optional[torch.Tensor],
                  domain: str, discriminator: Optional[nn.Module], clean_logits: Optional[torch.Tensor],
@@ -350,11 +323,12 @@ class Perturber(nn.Module):
         if clean_logits is None:
             modules = [m for m in (classifier,) if isinstance(m, nn.Module)]
             with torch.no_grad(), frozen_state(*modules, bn_mode=self.bn_mode):
-                clean_logits = classifier(f0)
+                clean_logits = logits_of(classifier, f0)
         if labels is not None:
             check_label_values(labels, clean_logits.shape[1], self.ignore_index)
         ctx = ObjectiveContext(classifier, domain, clean_logits.detach(), labels, discriminator,
-                               self.discriminator_input, output_size, self.ignore_index, class_weights, pixel_weights)
+                               self.discriminator_input, output_size, self.ignore_index, class_weights, pixel_weights,
+                               self.align_corners)
         with torch.no_grad():
             delta = term.module.displacement(f0.float(), self._radius(f0, self.eps), self.norm)  # type: ignore
         perturbed = (f0.float() + delta).to(f0.dtype).contiguous().detach()
@@ -373,7 +347,10 @@ class Perturber(nn.Module):
         attacks = self._attacks_for(discriminator)
         groups = [attacks] if getattr(attacks[0].module, "gradient_free", False) else self._groups(attacks)
         chunks = perturbed.chunk(len(groups)) if len(groups) > 1 else (perturbed,)
-        adv = [classifier(c) for c in chunks]  # under ``separate``: one defense pass per objective's f*
+        modules = [m for m in (classifier,) if isinstance(m, nn.Module)]
+        mode = frozen_state(*modules) if self.defense_bn_mode == "eval" else contextlib.nullcontext()
+        with mode:  # under ``separate``: one defense pass per objective's f*
+            adv = [logits_of(classifier, c) for c in chunks]
         if self.track_attack_loss:
             with torch.no_grad(), frozen_state(discriminator):  # attack loss at f*, from the defense's own pass
                 stats.attack_loss_after = sum(float(self._attack_loss(terms, ctx, c, a.detach()))
@@ -411,7 +388,19 @@ def perturb_and_defend(features: torch.Tensor, classifier: Classifier, *, labels
     ``pixel_weights`` weight its label pixels (self-training's mixed labels). ``attacks="random"`` or
     ``"dropout"`` runs a gradient-free control instead of an attack, at the same radius.
     """
+    check_settings(settings)
     perturber = Perturber(attacks, defenses, eps=eps, steps=steps, **settings)
     return perturber(features, classifier, labels=labels, domain=domain, discriminator=discriminator,
                      clean_logits=clean_logits, output_size=output_size, class_weights=class_weights,
                      pixel_weights=pixel_weights)
+
+
+def check_settings(settings: dict[str, Any]) -> None:
+    """Refuse a keyword neither ``perturb_and_defend`` nor :class:`Perturber` takes, suggesting the closest."""
+    known = [n for n, p in inspect.signature(Perturber.__init__).parameters.items()
+             if p.kind == p.KEYWORD_ONLY] + list(inspect.signature(perturb_and_defend).parameters)
+    for key in settings:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(f"perturb_and_defend() got an unexpected keyword argument {key!r}{hint}")

@@ -18,6 +18,8 @@ from ..perturb import Perturber
 from ..registry import ADDONS
 from .base import StepState, UDAMethod
 
+LEVELS = ("main", "aux")
+
 
 @ADDONS.register("perturbation")
 class PerturbationAddon(nn.Module):
@@ -30,7 +32,12 @@ class PerturbationAddon(nn.Module):
         source_attacks, target_attacks: attack objectives; ``None`` = classifier (+ discriminator if the
             method has one and ``use_discriminator``).
         source_defenses, target_defenses: default ``ce`` and ``kl``.
-        d_on_perturbed: also train the discriminator on predictions of the perturbed features.
+        d_on_perturbed: also train the discriminator on predictions of the perturbed features (main level).
+        levels: ``["main"]`` (default) or ``["main", "aux"]``: the auxiliary head of a multi-level segmentor
+            (DeepLab-v2's layer3 classifier, as AdaptSegNet and ADVENT) is attacked and defended on its own
+            features too, with the method's aux discriminator, its losses weighted by the method's
+            ``seg_aux_weight`` (0.1 by default), as its aux segmentation loss is (our choice; the APODA paper's
+            method section was not available to us).
         **perturber: settings of :class:`~uda_perturb.Perturber` (``eps``, ``steps``, ``norm``, ``eps_mode``,
             ``combine``...). ``combine`` defaults to ``balanced``: the classifier and the discriminator each set
             half of the step's direction (``sum``: the earlier rule, where the classifier's much larger gradient
@@ -44,8 +51,12 @@ class PerturbationAddon(nn.Module):
     def __init__(self, lambda_source: float = 1.0, lambda_target: float = 0.1, lambda_mixed: Optional[float] = None,
                  source_attacks: Optional[Sequence[Any]] = None, target_attacks: Optional[Sequence[Any]] = None,
                  source_defenses: Sequence[Any] = ("ce",), target_defenses: Sequence[Any] = ("kl",),
-                 use_discriminator: bool = True, d_on_perturbed: bool = False, **perturber: Any) -> None:
+                 use_discriminator: bool = True, d_on_perturbed: bool = False, levels: Sequence[str] = ("main",),
+                 **perturber: Any) -> None:
         super().__init__()
+        if not levels or any(v not in LEVELS for v in levels) or len(set(levels)) != len(levels):
+            raise ValueError(f"perturbation levels must be distinct names of {LEVELS}, got {list(levels)}")
+        self.levels = list(levels)
         self.lambda_source, self.lambda_target = lambda_source, lambda_target
         self.lambda_mixed = lambda_source if lambda_mixed is None else lambda_mixed
         self.use_discriminator, self.d_on_perturbed = use_discriminator, d_on_perturbed
@@ -73,23 +84,48 @@ class PerturbationAddon(nn.Module):
         return self._perturbers[key]
 
     def forward(self, method: UDAMethod, state: StepState) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        disc = method.discriminators["main"] if self.use_discriminator and "main" in method.discriminators else None
+        losses: dict[str, torch.Tensor] = {}
+        stats: dict[str, float] = {}
+        self._adv_logits, self._perturbed = {}, {}
+        for level in self.levels:
+            lv_losses, lv_stats = self._level(method, state, level)
+            suffix = "" if level == "main" else f"_{level}"
+            losses.update({k + suffix: v for k, v in lv_losses.items()})
+            stats.update({k + suffix: v for k, v in lv_stats.items()})
+        return losses, stats
+
+    def _level(self, method: UDAMethod, state: StepState,
+               level: str) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """One level's defense on every side (source, target, mixed)."""
+        disc = method.discriminators[level] if self.use_discriminator and level in method.discriminators else None
         space = method.discriminator_space
-        classifier = method.segmentor.classifier
+        if level == "main":
+            classifier, weight_of_level = method.segmentor.classifier, 1.0
+        else:
+            if method.segmentor.aux_head is None:
+                raise ValueError("perturbation levels include 'aux' but the segmentor has no aux head "
+                                 "(model.multi_level: true)")
+            classifier, weight_of_level = method.segmentor.aux_head, method.seg_aux_weight
+
+        def view(out: SegmentorOutput) -> SegmentorOutput:
+            if level == "main":
+                return out
+            assert out.aux_features is not None and out.aux_logits is not None
+            return SegmentorOutput(out.aux_features, out.aux_logits)
+
         losses, stats = {}, {}
         # (name, perturber domain, output, labels, pixel weights, output size, loss weight)
         sides: list[tuple[str, str, SegmentorOutput, Optional[torch.Tensor], Optional[torch.Tensor],
                           Optional[tuple[int, int]], float]]
-        sides = [("source", "source", state.source, state.labels, None, None, self.lambda_source)]
+        sides = [("source", "source", view(state.source), state.labels, None, None, self.lambda_source)]
         if state.target is not None:
-            sides.append(("target", "target", state.target, None, None, state.target_size, self.lambda_target))
+            sides.append(("target", "target", view(state.target), None, None, state.target_size, self.lambda_target))
         if state.mixed is not None:
-            sides.append(("mixed", "source", state.mixed, state.mixed_labels, state.mixed_weights, None,
+            sides.append(("mixed", "source", view(state.mixed), state.mixed_labels, state.mixed_weights, None,
                           self.lambda_mixed))
         # label-based defense CEs keep the class balance of the method's own losses
         weights = {"source": method.class_weights,
                    "mixed": method.class_weights if getattr(method, "mix_class_weights", False) else None}
-        self._adv_logits, self._perturbed = {}, {}
         for name, domain, out, labels, pixel_weights, size, weight in sides:
             if weight <= 0:
                 continue
@@ -97,7 +133,7 @@ class PerturbationAddon(nn.Module):
                 out.features, classifier, labels=labels, domain=domain, discriminator=disc,
                 clean_logits=out.logits, output_size=size, class_weights=weights.get(name),
                 pixel_weights=pixel_weights)
-            losses[f"def_{name}"] = weight * res.loss
+            losses[f"def_{name}"] = weight_of_level * weight * res.loss
             stats[f"{name}_norm"] = res.stats.mean_norm
             stats[f"{name}_moved"] = res.stats.fraction_perturbed
             if res.stats.attack_loss_after is not None:
@@ -105,8 +141,9 @@ class PerturbationAddon(nn.Module):
             for objective, part in res.stats.objectives.items():  # is each objective acting? (cosine near 0: no)
                 stats[f"{name}_{objective}_cos"] = part.step_cosine
                 stats[f"{name}_{objective}_gnorm"] = part.grad_norm_ratio
-            self._adv_logits[name] = res.adv_logits.detach()
-            self._perturbed[name] = res.perturbed
+            if level == "main":
+                self._adv_logits[name] = res.adv_logits.detach()
+                self._perturbed[name] = res.perturbed
         return losses, stats
 
     def discriminator_losses(self, method: UDAMethod, state: StepState) -> dict[str, torch.Tensor]:

@@ -1,7 +1,7 @@
 """Split a torchvision segmentation model (DeepLabV3, FCN, LRASPP) into G and F without changing it."""
 from __future__ import annotations
 
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -33,6 +33,22 @@ class TorchvisionSplit(nn.Module):
         """F as a module (for LRASPP it reads the two-map dict)."""
         return self.model.classifier
 
+    @property
+    def aux_classifier(self) -> Optional[nn.Module]:
+        """The auxiliary classifier of a model built with ``aux_loss=True`` (it reads the backbone's ``"aux"``
+        map, :meth:`aux_features`), else ``None``."""
+        return getattr(self.model, "aux_classifier", None)
+
+    def aux_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's ``"aux"`` map that :attr:`aux_classifier` reads (``aux_loss=True`` models only)."""
+        if self.aux_classifier is None:
+            raise ValueError("this torchvision model has no auxiliary classifier: build it with aux_loss=True")
+        return self.model.backbone(x)["aux"]
+
+    def both_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One backbone pass, both maps: ``{"out": ..., "aux": ...}`` (``"aux"`` only with ``aux_loss=True``)."""
+        return dict(self.model.backbone(x))
+
     def features(self, x: torch.Tensor) -> Features:
         """G: the backbone output the original classifier reads."""
         feats = self.model.backbone(x)
@@ -54,6 +70,8 @@ class TorchvisionSplit(nn.Module):
         return features["high"] if self.is_lraspp else features  # type: ignore[index,return-value]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``model(x)["out"]``: torchvision upsamples with ``align_corners=False``; pass ``align_corners=False`` to
+        ``perturb_and_defend`` too, to compute its pixel losses the same way."""
         return upsample(self.classify(self.features(x)), tuple(x.shape[-2:]), align_corners=False)
 
 

@@ -1,0 +1,37 @@
+"""The per-position geometry of the perturbation: each position's radius, the projection onto its ball and a
+random start inside it, for the L2 and Linf norms."""
+from __future__ import annotations
+
+import torch
+
+from .attack_combination import position_norm
+
+_TINY = 1e-12
+
+
+def radius(f0: torch.Tensor, value: float, eps_mode: str, norm: str) -> torch.Tensor:
+    """Per-position radius ``B x 1 x h x w`` (relative: ``value`` times the position's L2 norm, or its RMS for
+    ``linf``), or a scalar tensor for absolute eps."""
+    if eps_mode == "absolute":
+        return torch.tensor(value, dtype=torch.float32, device=f0.device)
+    scale = position_norm(f0)
+    if norm == "linf":
+        scale = scale / f0.shape[1] ** 0.5
+    return value * scale
+
+
+def project(delta: torch.Tensor, r: torch.Tensor, norm: str) -> torch.Tensor:
+    """``delta`` projected onto each position's ball of radius ``r``."""
+    if norm == "l2":
+        n = position_norm(delta)
+        return delta * torch.clamp(r / (n + _TINY), max=1.0)
+    return torch.maximum(torch.minimum(delta, r), -r)
+
+
+def random_start(f0: torch.Tensor, r: torch.Tensor, norm: str) -> torch.Tensor:
+    """A uniformly random point of each position's ball (L2: a random direction at a uniform fraction of r)."""
+    if norm == "l2":
+        d = torch.randn(f0.shape, device=f0.device, dtype=torch.float32)
+        u = torch.rand((f0.shape[0], 1, *f0.shape[2:]), device=f0.device)
+        return d / (position_norm(d) + _TINY) * r * u
+    return (torch.rand(f0.shape, device=f0.device) * 2 - 1) * r
