@@ -114,3 +114,16 @@ def raises_exactly(exc: type, text: str):
     import pytest
 
     return pytest.raises(exc, match="^" + re.escape(text) + "$")
+
+
+def benchmark_module(name: str):
+    """A module of ``benchmarks/`` that is not part of the package (the mutation-testing tools), by its path under
+    ``benchmarks/``, e.g. ``"mutation_testing/mutation"``."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return importlib.import_module(name.replace("/", "."))

@@ -2,6 +2,7 @@
 import json
 
 import pytest
+from helpers import benchmark_module
 
 from uda_perturb.bench import Run, aggregate, per_class_table, summary_table
 from uda_perturb.bench.report import cost_clock, relative_cost
@@ -124,7 +125,8 @@ def test_paired_differences_are_taken_seed_by_seed(tmp_path):
 def test_mutation_runs_every_configured_module_against_existing_test_files():
     """Each module of setup.cfg's [mutmut] set gets a list of test files that exist (a renamed test file would
     silently make every mutant of its module survive)."""
-    from uda_perturb.bench.mutation import ROOT, TESTS, configured_modules, tests_for
+    m = benchmark_module("mutation_testing/mutation")
+    ROOT, TESTS, configured_modules, tests_for = m.ROOT, m.TESTS, m.configured_modules, m.tests_for
 
     modules = configured_modules()
     assert len(modules) == 12 and set(TESTS) <= set(modules)
@@ -141,7 +143,8 @@ def test_mutation_runs_every_configured_module_against_existing_test_files():
 def test_a_mutation_clone_is_reset_to_the_commit_without_a_left_mutant_backup_or_bytecode(tmp_path):
     """A run stopped mid-mutant leaves the mutant in the source, mutmut's ``.bak`` beside it and maybe bytecode:
     the next sync must remove all three and keep the mutmut cache unless asked for a fresh one."""
-    from uda_perturb.bench.mutation import ENV, sync_clone
+    m = benchmark_module("mutation_testing/mutation")
+    ENV, sync_clone = m.ENV, m.sync_clone
 
     clone = tmp_path / "clone"
     sync_clone(clone)

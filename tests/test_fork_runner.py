@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import benchmark_module
 
-from uda_perturb.bench import fork_runner
+fork_runner = benchmark_module("mutation_testing/fork_runner")
 
 RUNNER = Path(fork_runner.__file__)
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="fork and unix sockets")

@@ -27,3 +27,22 @@ def test_own_loop_snippet_runs_and_updates_the_teacher():
     exec(snippet("Your own loop"), scope)
     assert torch.isfinite(scope["loss"]) and seg.head.conv.weight.grad is not None
     assert not torch.equal(teacher.model.head.conv.weight, before)
+
+
+def snippets(section):
+    text = README.read_text().split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+def test_capture_snippet_runs_on_a_model_that_returns_logits_and_trains_its_head():
+    from test_own_loop import RefModel, disc
+
+    torch.manual_seed(0)
+    model = RefModel()
+    x_s, x_t = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    scope = {"up": up, "torch": torch, "model": model, "x_s": x_s, "x_t": x_t, "y_s": torch.randint(0, 5, (2, 32, 32)),
+             "D_main": disc(), "loss": 0.0}
+    exec(snippets("Your own loop")[1], scope)
+    scope["loss"].backward()
+    assert model.layer6.out.weight.grad is not None and model.layer4[0].weight.grad is None  # the head only
+    assert not model.layer4._forward_hooks  # removed

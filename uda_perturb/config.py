@@ -5,14 +5,17 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import yaml
 
+from .config_schema import from_dict
 from .errors import ConfigError
+from .option_check import check_config_options, dataset_entries
+
+__all__ = ["ConfigError", "ExperimentConfig", "dataset_entries", "load_config"]  # dataset_entries: re-exported
 
 PACKAGED = Path(__file__).resolve().parent / "configs"
 OPTIMIZERS = ("sgd", "adamw")
@@ -152,60 +155,6 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _check(value: Any, tp: Any, key: str) -> Any:
-    """Validate (and lightly coerce: int -> float) ``value`` against the annotation ``tp``."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return value
-    if dataclasses.is_dataclass(tp):
-        return _from_dict(typing.cast(type, tp), value, key)
-    if origin is Union:
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _check(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(f"config key {key!r} expects {_type_name(tp)}, got {type(value).__name__} {value!r}")
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key {key!r} expects a list, got {type(value).__name__} {value!r}")
-        return [_check(v, args[0] if args else Any, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key {key!r} expects a mapping, got {type(value).__name__} {value!r}")
-        return {k: _check(v, args[1] if args else Any, f"{key}.{k}") for k, v in value.items()}
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
-        raise ConfigError(f"config key {key!r} expects {tp.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _from_dict(cls: type, data: Any, prefix: str = "") -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config section {prefix or '<root>'!r} must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        full = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
-            hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown config key {full!r}{hint}; valid keys here: {', '.join(names)}")
-        kwargs[key] = _check(value, hints[key], full)
-    return cls(**kwargs)
-
-
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
@@ -270,7 +219,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 def build_config(data: dict) -> ExperimentConfig:
     """Validate a raw mapping into an :class:`ExperimentConfig`."""
-    cfg = _from_dict(ExperimentConfig, data)
+    cfg = from_dict(ExperimentConfig, data)
     if cfg.train.precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"config key 'train.precision' must be fp32, bf16 or fp16, got {cfg.train.precision!r}")
     if cfg.train.optimizer not in OPTIMIZERS:
@@ -288,8 +237,6 @@ def build_config(data: dict) -> ExperimentConfig:
         hint = " (did you mean 'median_frequency'?)" if close else ""
         raise ConfigError(f"config key 'train.class_weights' must be null, median_frequency or a list of floats, "
                           f"got {cfg.train.class_weights!r}{hint}")
-    from .option_check import check_config_options  # imports the registries: not at module level
-
     check_config_options(cfg)
     return cfg
 
@@ -297,12 +244,6 @@ def build_config(data: dict) -> ExperimentConfig:
 def load_config(name: str | Path, overrides: Optional[list[str]] = None) -> ExperimentConfig:
     """Load a recipe (path or packaged name), apply dotted overrides, validate."""
     return build_config(apply_overrides(load_raw(name), overrides or []))
-
-
-def dataset_entries(cfg: ExperimentConfig) -> list[tuple[str, DatasetConfig]]:
-    """Every dataset of a config with its key: ``data.source``, ``data.target``, ``data.eval.<name>``."""
-    return [("data.source", cfg.data.source), ("data.target", cfg.data.target),
-            *((f"data.eval.{name}", d) for name, d in cfg.data.eval.items())]
 
 
 def to_dict(cfg: ExperimentConfig) -> dict:

@@ -9,6 +9,7 @@ import inspect
 import typing
 from typing import Any, Callable, Mapping, Optional
 
+from .config_schema import check_value
 from .errors import ConfigError, UserError
 
 # arguments the framework passes itself: not settable from an options mapping
@@ -34,8 +35,6 @@ def check_options(factory: Callable[..., Any], options: Mapping[str, Any], key: 
                   forward: Optional[Callable[..., Any]] = None, what: str = "") -> None:
     """Raise a ``ConfigError`` for an option ``factory`` does not take (``forward`` receives its ``**kwargs``,
     as the perturbation add-on forwards to ``Perturber``) or whose value has the wrong type."""
-    from .config import _check  # the recipe schema's own type check
-
     params, var_kw, hints = _parameters(factory)
     if forward is not None:
         fparams, var_kw, fhints = _parameters(forward)
@@ -53,7 +52,7 @@ def check_options(factory: Callable[..., Any], options: Mapping[str, Any], key: 
             raise ConfigError(f"unknown option {path!r}{hint}; {what or getattr(factory, '__name__', 'it')} takes: "
                               f"{', '.join(sorted(params)) or '(no options)'}")
         if name in hints:
-            _check(value, hints[name], path)
+            check_value(value, hints[name], path)
 
 
 def check_config_options(cfg: Any) -> None:
@@ -89,7 +88,12 @@ def check_config_options(cfg: Any) -> None:
             settings = {k: v for k, v in spec.items() if k != "name"}
             check_options(addon, settings, f"method.addons[{i}]", forward=Perturber if name == "perturbation"
                           else None, what=f"add-on {name!r}")
-    from .config import dataset_entries
-
     for key, d in dataset_entries(cfg):
         check_options(get(DATASETS, d.name, f"{key}.name"), d.options, f"{key}.options", what=f"dataset {d.name!r}")
+
+
+def dataset_entries(cfg: Any) -> list[tuple[str, Any]]:
+    """Every dataset of an :class:`~uda_perturb.config.ExperimentConfig` with its key: ``data.source``,
+    ``data.target``, ``data.eval.<name>``."""
+    return [("data.source", cfg.data.source), ("data.target", cfg.data.target),
+            *((f"data.eval.{name}", d) for name, d in cfg.data.eval.items())]

@@ -3,7 +3,7 @@ time, and runs the tests that cover each module; a mutant the tests do not fail 
 scratch clone of the repository (mutmut edits files in place), never in the working tree, and writes the score
 per module with every surviving mutant's diff. Each mutant's tests run in a fork of a server that has imported
 torch once (:mod:`.fork_runner`): about 3 s per mutant on a busy machine against about 10 s with a fresh
-interpreter. Not part of CI.
+interpreter. Not part of CI, nor of the installed package: it lives under ``benchmarks/mutation_testing/``.
 
     pip install ".[mutation]"
     python benchmarks/mutation.py                                   # every module of the [mutmut] set
@@ -24,7 +24,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
-from .report import add_results_options, check_replace, environment, results_folder, write_results
+from uda_perturb.bench.report import add_results_options, check_replace, environment, results_folder, write_results
 
 ROOT = Path(__file__).resolve().parents[2]
 
