@@ -1,6 +1,6 @@
 """The v4 comparison's questions and the rendered regime's protocol rule, by value."""
 from uda_perturb.bench.answers import Question, answers_table, verdict
-from uda_perturb.bench.protocol_rendered import CANDIDATES, choose
+from uda_perturb.bench.protocol_rendered import CANDIDATES, choose, v4_hours
 from uda_perturb.bench.setups import METHODS, PAIRS, SETUPS
 
 
@@ -35,11 +35,14 @@ def test_v4_lists_eleven_methods_and_every_question_is_a_compared_pair():
     assert "combine: sum" in " ".join(METHODS["apoda sum"])
 
 
-def test_the_protocol_rule_takes_the_best_source_score_within_a_third_of_the_cost():
-    rows = {"os8": {"cpu_seconds_per_iter": 3.0, "source_test_miou": 40.0},
-            "os16": {"cpu_seconds_per_iter": 0.9, "source_test_miou": 35.0},
-            "os16_180": {"cpu_seconds_per_iter": 1.0, "source_test_miou": 38.0},
-            "os16_150": {"cpu_seconds_per_iter": 1.1, "source_test_miou": 39.0}}  # over budget: 1.1 > 3.0 / 3
-    assert choose(rows) == "os16_180"
-    assert choose({k: v for k, v in rows.items() if k != "os8"}) is None  # no reference: no rule
-    assert set(CANDIDATES) >= {"os8", "os16"} and CANDIDATES["os8"][1] == []
+def test_the_protocol_rule_takes_the_best_source_score_among_candidates_whose_v4_fits_the_budget():
+    rows = {"os8": {"v4_hours": 9.0, "source_test_miou": 40.0},
+            "os16": {"v4_hours": 2.4, "source_test_miou": 35.0},
+            "os16_180": {"v4_hours": 2.9, "source_test_miou": 38.0},
+            "os16_150": {"v4_hours": 3.2, "source_test_miou": 39.0},  # over the budget
+            "unmeasured": {"v4_hours": None, "source_test_miou": 50.0}}
+    assert choose(rows) == "os16_180" and choose(rows, budget_hours=2.5) == "os16"
+    assert choose({"os8": rows["os8"]}) is None
+    assert set(CANDIDATES) >= {"os8", "os16"} and CANDIDATES["os8"].overrides() == []
+    # 3 warm starts of 600 iterations and 3 x 500 iterations of each method, over 2 jobs
+    assert v4_hours(2.0, {"a": 1.0, "b": 3.0}) == (3 * 600 * 2.0 + 3 * 500 * 4.0) / 2 / 3600

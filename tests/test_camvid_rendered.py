@@ -204,3 +204,18 @@ def test_gap_benchmark_trains_the_same_recipe_on_renderings_and_on_the_photos(tm
     assert real["data.source.name"] == "camvid" and real["data.source.options.sequences"] == ["0016E5"]
     assert real["data.source.split"] == rendered["data.source.split"] == ["train", "val"]
     assert rendered["train.iters"] == real["train.iters"] == 50
+
+
+def test_gap_arms_share_the_protocols_overrides(tmp_path):
+    """A protocol's network and size reach both arms; the arms still differ only in the source dataset."""
+    from uda_perturb.bench.rendered_gap import RECIPE, runs
+    from uda_perturb.config import to_dict
+    from uda_perturb.engine.checkpoint import flatten
+
+    extra = ["model.backbone_options.output_stride=16", "data.source.transforms.size=[180, 240]"]
+    arms = runs(tmp_path, [0], iters=50, overrides=extra)
+    rendered, real = (flatten(to_dict(load_config(RECIPE, arms[k][0].overrides))) for k in ("rendered", "real"))
+    assert rendered["model.backbone_options.output_stride"] == real["model.backbone_options.output_stride"] == 16
+    assert rendered["data.source.transforms.size"] == real["data.source.transforms.size"] == [180, 240]
+    differ = sorted(k for k in set(rendered) | set(real) if rendered.get(k) != real.get(k))
+    assert all(k.startswith("data.source.") for k in differ) and "data.source.transforms.size" not in differ

@@ -103,7 +103,8 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     clock = cost_clock(runs)  # read once: the cost column and the report's heading use the same clock
     gap = read_gap(Path(results_dir or DEFAULT_RESULTS) / setup["gap_record"]) if "gap_record" in setup else None
     closed = None if gap is None else (gap, closed_by_method(runs, args.methods, suffix, setup["target"], gap))
-    report(args, protocol, out, aggregate(everything), name, seeds, wall, train_seconds(everything),
+    compute = train_seconds(everything, cost_clock(everything))  # CPU time when every run recorded it
+    report(args, protocol, out, aggregate(everything), name, seeds, wall, compute,
            relative_cost(runs, protocol.iters, clock), paired_differences(runs, pairs, setup["target"]), clock,
            paired_differences(runs, pairs, setup["source"]), closed)
     return 0

@@ -2,9 +2,12 @@
 
 Every candidate is a source-only warm start of the recipe with overrides (seed 0, batch 8), evaluated only on
 ``source_test``: 0016E5's held-out clip rendered with another seed, which no run trains on. No real label is
-read. The rule, fixed before the runs: among the candidates whose training CPU seconds per iteration are at most
-a third of the current protocol's (``os8``), the best source_test mIoU at the end; the curve at a third and two
-thirds of the run shows whether a shorter warm start would do. Writes ``setup_camvid_rendered_protocol.{md,json}``.
+read. Each candidate's whole v4 comparison is estimated from measured costs: its warm start's CPU seconds per
+iteration (3 warm starts) plus, for each of v4's 11 methods, the median training-step time on the candidate's
+network (batch 4 + 4, 1 thread, interleaved), times v4's adaptation iterations and 3 seeds, over 2 jobs. The rule:
+among the candidates whose estimate fits v4's 3-hour budget, the best final source_test mIoU; the curve at a third
+and two thirds of the run shows whether a shorter warm start would do. Writes
+``setup_camvid_rendered_protocol.{md,json}``.
 
     python benchmarks/protocol_rendered.py --jobs 2
 """
@@ -12,11 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import torch
+
 from .report import add_results_options, check_replace, environment, results_folder, write_results
 from .runner import Run, run_all
+from .setups import V4_METHODS as V4_NAMES
 
 RECIPE = "camvid_rendered2real"
 SOURCE_ONLY_EVAL = ("data.eval={source_test: {name: camvid_rendered, root: ../shared/data/camvid, split: val, "
@@ -24,25 +31,40 @@ SOURCE_ONLY_EVAL = ("data.eval={source_test: {name: camvid_rendered, root: ../sh
 NAME = "setup_camvid_rendered_protocol"
 
 
-def size(h: int, w: int) -> list[str]:
-    """Train and evaluate at ``h x w``."""
-    return [f"data.source.transforms.size=[{h}, {w}]", f"data.target.transforms.size=[{h}, {w}]",
-            f"eval.size=[{h}, {w}]"]
+@dataclass(frozen=True)
+class Candidate:
+    """One protocol: the backbone's output stride, the head's atrous rates (they follow the feature map: 2/4/6 on
+    OS 8's 15 x 20 at 120 x 160) and the training size."""
+
+    description: str
+    stride: int = 8
+    rates: tuple[int, ...] = (2, 4, 6)
+    size: tuple[int, int] = (120, 160)
+
+    def overrides(self) -> list[str]:
+        """Recipe overrides from the recipe's protocol (OS 8, rates 2/4/6, 120 x 160)."""
+        out = []
+        if self.size != (120, 160):
+            h, w = self.size
+            out += [f"data.source.transforms.size=[{h}, {w}]", f"data.target.transforms.size=[{h}, {w}]",
+                    f"eval.size=[{h}, {w}]"]
+        if self.stride != 8 or self.rates != (2, 4, 6):
+            out += [f"model.backbone_options.output_stride={self.stride}",
+                    f"model.head_options={{atrous_rates: [{', '.join(str(r) for r in self.rates)}]}}"]
+        return out
+
+    def model(self) -> dict[str, Any]:
+        """The network as :func:`~uda_perturb.build_segmentor` arguments (weights do not change the time)."""
+        return dict(head="deeplabv3", backbone="efficientnet_lite0", num_classes=11,
+                    backbone_kwargs={"output_stride": self.stride, "pretrained": False},
+                    head_kwargs={"atrous_rates": self.rates})
 
 
-def os16(rates: Sequence[int]) -> list[str]:
-    """Output stride 16, the head's atrous rates scaled to the smaller feature map."""
-    return ["model.backbone_options.output_stride=16",
-            f"model.head_options={{atrous_rates: [{', '.join(str(r) for r in rates)}]}}"]
-
-
-# the rates follow the feature map: 2/4/6 on OS 8's 15 x 20 at 120 x 160; 1/2/3 on OS 16's 8 x 10; 2/3/5 on OS 16's
-# 12 x 15 at 180 x 240
-CANDIDATES: dict[str, tuple[str, list[str]]] = {
-    "os8": ("OS 8, 120x160, rates 2/4/6 (the current protocol)", []),
-    "os16": ("OS 16, 120x160, rates 1/2/3", os16([1, 2, 3])),
-    "os16_180": ("OS 16, 180x240, rates 2/3/5", size(180, 240) + os16([2, 3, 5])),
-    "os16_150": ("OS 16, 150x200, rates 1/3/4", size(150, 200) + os16([1, 3, 4])),
+CANDIDATES: dict[str, Candidate] = {
+    "os8": Candidate("OS 8, 120x160, rates 2/4/6 (the current protocol)"),
+    "os16": Candidate("OS 16, 120x160, rates 1/2/3", 16, (1, 2, 3)),  # 8 x 10 features
+    "os16_180": Candidate("OS 16, 180x240, rates 2/3/5", 16, (2, 3, 5), (180, 240)),  # 12 x 15
+    "os16_150": Candidate("OS 16, 150x200, rates 1/3/4", 16, (1, 3, 4), (150, 200)),  # 10 x 13
 }
 REFERENCE = "os8"
 
@@ -50,17 +72,33 @@ REFERENCE = "os8"
 def make_run(key: str, work: Path, iters: int) -> Run:
     """Candidate ``key``'s source-only warm start, evaluated on source_test only, three times along the way."""
     return Run(key, ["data.num_workers=0", SOURCE_ONLY_EVAL, f"train.iters={iters}", "data.batch_size=8",
-                     f"train.eval_every={iters // 3}", "train.checkpoint_every=100", *CANDIDATES[key][1]],
+                     f"train.eval_every={iters // 3}", "train.checkpoint_every=100", *CANDIDATES[key].overrides()],
                work / key)
 
 
-def choose(rows: dict[str, dict[str, Any]]) -> Optional[str]:
-    """The rule: the best final source_test mIoU among candidates at most a third of the reference's cost."""
-    if REFERENCE not in rows:
-        return None
-    budget = rows[REFERENCE]["cpu_seconds_per_iter"] / 3
-    cheap = {k: r for k, r in rows.items() if r["cpu_seconds_per_iter"] <= budget}
-    return max(cheap, key=lambda k: cheap[k]["source_test_miou"]) if cheap else None
+def choose(rows: dict[str, dict[str, Any]], budget_hours: float = 3.0) -> Optional[str]:
+    """The rule: the best final source_test mIoU among candidates whose estimated v4 fits ``budget_hours``."""
+    fits = {k: r for k, r in rows.items() if r.get("v4_hours") is not None and r["v4_hours"] <= budget_hours}
+    return max(fits, key=lambda k: fits[k]["source_test_miou"]) if fits else None
+
+
+def v4_step_seconds(key: str, repeats: int = 3) -> dict[str, float]:
+    """Median training-step seconds of each v4 method on the candidate's network (batch 4 + 4, 1 thread)."""
+    from . import speed
+    from .setups import V4_METHODS
+
+    torch.set_num_threads(1)
+    names = [m.replace(" ", "_") for m in V4_METHODS]  # speed.py's keys ('apoda sum' -> 'apoda_sum')
+    speed.MODELS[f"protocol_{key}"] = CANDIDATES[key].model()
+    args = argparse.Namespace(model=f"protocol_{key}", methods=names, channels_last=False, ndf=32, frozen_stages=0,
+                              size=list(CANDIDATES[key].size), batch=4, repeats=repeats, amp=False)
+    return speed.measure_time(args, torch.device("cpu"))
+
+
+def v4_hours(warm_seconds_per_iter: float, steps: dict[str, float], warm_iters: int = 600, iters: int = 500,
+             seeds: int = 3, jobs: int = 2) -> float:
+    """v4's estimated wall hours from scratch: 3 warm starts plus every method's adaptation at every seed."""
+    return (seeds * warm_iters * warm_seconds_per_iter + seeds * iters * sum(steps.values())) / jobs / 3600
 
 
 def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = None) -> int:
@@ -70,6 +108,8 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     ap.add_argument("--iters", type=int, default=600)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--work-dir", default="runs/bench/protocol_rendered")
+    ap.add_argument("--no-estimate", dest="estimate", action="store_false",
+                    help="skip timing v4's methods on each candidate (no choice is made then)")
     add_results_options(ap)
     args = ap.parse_args(argv)
     out = results_folder(args, results_dir)
@@ -86,26 +126,38 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
         curve = [json.loads(line)["eval"]["source_test"]["miou"] for line in (run.run_dir / "metrics.jsonl").open()
                  if '"eval"' in line]
         final = record["results"]["source_test"]
-        rows[key] = {"description": CANDIDATES[key][0], "overrides": CANDIDATES[key][1],
-                     "cpu_seconds_per_iter": record["train_cpu_seconds"] / args.iters, "curve_miou": curve,
+        steps = v4_step_seconds(key) if args.estimate else {}
+        sec = record["train_cpu_seconds"] / args.iters
+        rows[key] = {"description": CANDIDATES[key].description, "overrides": CANDIDATES[key].overrides(),
+                     "cpu_seconds_per_iter": sec, "curve_miou": curve, "v4_step_seconds": steps,
+                     "v4_hours": v4_hours(sec, steps) if steps else None,
                      "source_test_miou": final["miou"], "tail": final.get("miou_tail"), "head": final.get("miou_head")}
     pick = choose(rows)
     ref = rows.get(REFERENCE, {}).get("cpu_seconds_per_iter")
     md = [f"# A cheaper protocol for `{RECIPE}`, chosen on the rendered source_test only", "",
           f"Source-only warm starts (seed 0, batch 8, {args.iters} iterations, 1 thread each, {args.jobs} at a "
           "time), evaluated on source_test only: 0016E5's held-out clip rendered with another seed. No real label "
-          "was read. Rule, fixed before the runs: among candidates at most 1/3 of the current protocol's CPU "
-          "seconds per iteration, the best final source_test mIoU.", "",
-          "| candidate | CPU s/iter | / current | source_test mIoU at 1/3, 2/3, end | tail | head |",
-          "|---|---|---|---|---|---|"]
+          "was read. v4's cost from scratch is estimated per candidate from its warm start's CPU seconds per "
+          "iteration and the measured step time of each of v4's 11 methods on its network (batch 4 + 4, 1 thread, "
+          "median of 3 interleaved steps), 600 warm-start and 500 adaptation iterations, 3 seeds, 2 jobs. Rule: "
+          "among candidates whose estimate fits the 3-hour budget, the best final source_test mIoU.", "",
+          "| candidate | warm start CPU s/iter | / current | v4 estimate (h) | source_test mIoU at 1/3, 2/3, end | "
+          "tail | head |", "|---|---|---|---|---|---|---|"]
     for key, r in rows.items():
         rel = f"{r['cpu_seconds_per_iter'] / ref:.2f}" if ref else "-"
-        md.append(f"| {key}: {r['description']} | {r['cpu_seconds_per_iter']:.2f} | {rel} | "
+        hours = f"{r['v4_hours']:.2f}" if r["v4_hours"] is not None else "-"
+        md.append(f"| {key}: {r['description']} | {r['cpu_seconds_per_iter']:.2f} | {rel} | {hours} | "
                   f"{' / '.join(f'{c:.1f}' for c in r['curve_miou'])} | {r['tail']:.1f} | {r['head']:.1f} |")
+    if rows:
+        md += ["", "Step seconds of v4's methods (batch 4 + 4, 1 thread):", "",
+               "| candidate | " + " | ".join(V4_NAMES) + " |", "|---|" + "---|" * len(V4_NAMES)]
+        md += [f"| {k} | " + " | ".join(f"{r['v4_step_seconds'].get(m.replace(' ', '_'), float('nan')):.2f}"
+                                        for m in V4_NAMES) + " |" for k, r in rows.items()]
     md += ["", f"**Chosen: {pick}**" + (f" ({rows[pick]['description']})." if pick else " (rule not applicable: "
-                                                                                     "the reference run is missing).")]
+                                                                                     "no candidate fits the budget).")]
     write_results(out, NAME, {"environment": {**environment(), "wall_seconds": wall}, "iters": args.iters,
-                              "candidates": rows, "chosen": pick, "rule": "best source_test mIoU at <= 1/3 the cost"},
+                              "candidates": rows, "chosen": pick,
+                              "rule": "best source_test mIoU among candidates whose v4 estimate fits 3 h"},
                   "\n".join(md))
     print("\n".join(md))
     return 0

@@ -4,6 +4,10 @@ scored on the real Seq05VD frames (day test). Measured once to fix the renderer'
 method runs on it. Writes ``setup_camvid_rendered.{md,json}`` and a picture of rendered and real frames.
 
     python benchmarks/rendered_gap.py --seeds 0 --jobs 2
+    python benchmarks/rendered_gap.py --seeds 0 --name setup_camvid_rendered_v4 \
+        --set model.backbone_options.output_stride=16
+
+``--set`` overrides apply to both arms (a protocol's network and size; the real arm trains at the same size).
 """
 from __future__ import annotations
 
@@ -26,11 +30,17 @@ REAL_SOURCE = (f"data.source={{name: camvid, root: {CAMVID}, split: [train, val]
 TARGET = "real_test"
 
 
-def runs(work: Path, seeds: Sequence[int], iters: Optional[int]) -> dict[str, list[Run]]:
-    """The rendered-source and real-source source-only runs, one per seed."""
+def runs(work: Path, seeds: Sequence[int], iters: Optional[int],
+         overrides: Sequence[str] = ()) -> dict[str, list[Run]]:
+    """The rendered-source and real-source source-only runs, one per seed; ``overrides`` apply to both (a
+    ``data.source.transforms.size`` one reaches the real arm's source too)."""
     length = [f"train.iters={iters}"] if iters else []
-    return {"rendered": [Run("rendered 0016E5", COMMON + length, work / f"rendered_s{s}", s) for s in seeds],
-            "real": [Run("real 0016E5", COMMON + length + [REAL_SOURCE], work / f"real_s{s}", s) for s in seeds]}
+    extra = [o for o in overrides if not o.startswith("data.source.")]
+    source_extra = [o for o in overrides if o.startswith("data.source.")]
+    return {"rendered": [Run("rendered 0016E5", COMMON + length + list(overrides), work / f"rendered_s{s}", s)
+                         for s in seeds],
+            "real": [Run("real 0016E5", COMMON + length + extra + [REAL_SOURCE] + source_extra, work / f"real_s{s}", s)
+                     for s in seeds]}
 
 
 def save_examples(path: Path, count: int = 3) -> Optional[Path]:
@@ -67,12 +77,15 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     ap.add_argument("--iters", type=int, help="training length (default: the recipe's)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--work-dir", default="runs/bench/rendered_gap")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override of both arms (the protocol's network and size)")
+    ap.add_argument("--name", default="setup_camvid_rendered", help="results file stem")
     add_results_options(ap)
     args = ap.parse_args(argv)
-    name = "setup_camvid_rendered"
+    name = args.name
     out = results_folder(args, results_dir)
     check_replace(args, out, name, [f"{name}_examples.png"])
-    groups = runs(Path(args.work_dir), args.seeds, args.iters)
+    groups = runs(Path(args.work_dir), args.seeds, args.iters, args.overrides)
     wall = run_all(RECIPE, groups["rendered"] + groups["real"], args.jobs, Path(args.work_dir) / "logs")
     res = {k: [r.record()["results"][TARGET] for r in rs] for k, rs in groups.items()}
     seconds = {k: [r.record().get("train_seconds") for r in rs] for k, rs in groups.items()}
@@ -82,7 +95,8 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     md = [f"# The rendered -> real gap of `{RECIPE}` (source-only, real Seq05VD)", "",
           "Source-only trained on 0016E5's label maps rendered (`camvid_rendered`, 2 styles per map) against "
           "source-only trained on the same frames' photos; the recipe's network and schedule; both scored on the "
-          f"real Seq05VD frames, which no run trains on. Seeds {args.seeds}.", "",
+          f"real Seq05VD frames, which no run trains on. Seeds {args.seeds}. Overrides of both arms: "
+          f"{args.overrides or 'none'}.", "",
           f"**Rendered source reaches {mean['rendered']:.1f} mIoU, real source {mean['real']:.1f}: "
           f"{100 * ratio:.0f}% (gap {mean['real'] - mean['rendered']:.1f} points).**", "",
           "| source | seed | " + " | ".join(classes) + " | mIoU | tail | head | train s |",
@@ -97,6 +111,7 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     if pic is not None:
         md += ["", f"![rendered and real frames]({pic.name})"]
     write_results(out, name, {"environment": {**environment(), "wall_seconds": wall}, "seeds": args.seeds,
+                              "overrides": args.overrides,
                               "results": res, "train_seconds": seconds, "mean_miou": mean, "ratio": ratio},
                   "\n".join(md))
     print("\n".join(md))

@@ -205,6 +205,7 @@ def load_results(run: Run) -> dict:
     return run.record()["results"]
 
 
-def train_seconds(runs: Sequence[Run]) -> float:
-    """Training compute of finished runs: the sum of their ``train_seconds`` records."""
-    return sum(r.record().get("train_seconds", 0.0) for r in runs)
+def train_seconds(runs: Sequence[Run], clock: str = "train_seconds") -> float:
+    """Training compute of finished runs: the sum of their ``clock`` records (``train_seconds``, wall time, or
+    ``train_cpu_seconds``, each run's own CPU time)."""
+    return sum(r.record().get(clock) or 0.0 for r in runs)
