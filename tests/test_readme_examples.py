@@ -41,8 +41,9 @@ def test_capture_snippet_runs_on_a_model_that_returns_logits_and_trains_its_head
     model = RefModel()
     x_s, x_t = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
     scope = {"up": up, "torch": torch, "model": model, "x_s": x_s, "x_t": x_t, "y_s": torch.randint(0, 5, (2, 32, 32)),
-             "D_main": disc(), "loss": 0.0}
+             "D_main": disc(), "D_aux": disc(), "loss": 0.0}
     exec(snippets("Your own loop")[1], scope)
     scope["loss"].backward()
-    assert model.layer6.out.weight.grad is not None and model.layer4[0].weight.grad is None  # the head only
+    heads = (model.layer5.out.weight.grad, model.layer6.out.weight.grad)
+    assert all(g is not None for g in heads) and model.layer4[0].weight.grad is None  # both heads, nothing else
     assert not model.layer4._forward_hooks  # removed
