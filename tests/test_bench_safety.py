@@ -70,7 +70,7 @@ def test_a_partial_comparison_neither_replaces_nor_is_named_as_the_full_one(tmp_
         mp.setattr("uda_perturb.bench.compare.report", lambda args, protocol, out, agg, name, *a: calls.append(
             (protocol.work.name, name)))
         mp.setattr("uda_perturb.bench.compare.aggregate", lambda runs: {})
-        mp.setattr("uda_perturb.bench.compare.train_seconds", lambda runs: 0.0)
+        mp.setattr("uda_perturb.bench.compare.train_seconds", lambda runs, clock="train_seconds": 0.0)
         mp.setattr("uda_perturb.bench.compare.cost_clock", lambda runs: "train_seconds")
         mp.setattr("uda_perturb.bench.compare.relative_cost", lambda runs, iters, clock: {})
         mp.setattr("uda_perturb.bench.compare.paired_differences", lambda runs, pairs, target: {})
