@@ -125,7 +125,8 @@ def report(args: argparse.Namespace, protocol: Protocol, out: Path, agg: dict, n
            "train_seconds_all_runs": round(compute), "cost_clock": clock,
            "estimated_wall_seconds_from_scratch": round(compute / max(args.jobs, 1)), "seeds": list(seeds),
            "warm_start_iters": protocol.pre_iters, "adapt_iters": protocol.iters, "recipe": protocol.recipe,
-           "overrides": list(args.overrides), "shared_warm_start": args.shared_warm_start}
+           "setup_overrides": list(setup.get("overrides", [])), "overrides": list(args.overrides),
+           "shared_warm_start": args.shared_warm_start}
     out.mkdir(parents=True, exist_ok=True)
     png = plot(agg, t, out / f"{name}.png", f"{args.dataset}: per-class IoU on {t} (mean over seeds)")
     cost_png = cost_plot(agg, costs, t, out / f"{name}_cost.png", f"{args.dataset}: {t} mIoU against training cost")
