@@ -74,6 +74,7 @@ def test_a_partial_comparison_neither_replaces_nor_is_named_as_the_full_one(tmp_
         mp.setattr("uda_perturb.bench.compare.cost_clock", lambda runs: "train_seconds")
         mp.setattr("uda_perturb.bench.compare.relative_cost", lambda runs, iters, clock: {})
         mp.setattr("uda_perturb.bench.compare.paired_differences", lambda runs, pairs, target: {})
+        mp.setattr("uda_perturb.bench.compare.objective_stats", lambda runs: {})
         compare_main(["--dataset", "synthetic", "--seeds", "0", "--methods", "source_only", "--aug", "off",
                       "--work-dir", str(tmp_path / "runs")], results_dir=results)
     assert calls[-1] == ("compare_synthetic", "compare_synthetic_seeds0")  # the full run folder, its own stem

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .answers import answers_table
+from .attack_stats import objective_stats, objective_table
 from .gap import closed_by_method, gap_plot, gap_table, read_gap
 from .report import (
     DEFAULT_RESULTS,
@@ -106,17 +107,18 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     compute = train_seconds(everything, cost_clock(everything))  # CPU time when every run recorded it
     report(args, protocol, out, aggregate(everything), name, seeds, wall, compute,
            relative_cost(runs, protocol.iters, clock), paired_differences(runs, pairs, setup["target"]), clock,
-           paired_differences(runs, pairs, setup["source"]), closed)
+           paired_differences(runs, pairs, setup["source"]), closed, objective_stats(runs))
     return 0
 
 
 def report(args: argparse.Namespace, protocol: Protocol, out: Path, agg: dict, name: str, seeds: Sequence[int],
            wall: float, compute: float, costs: dict, diffs: dict, clock: str, source_diffs: dict,
-           gap: Optional[tuple[float, dict]] = None) -> None:
+           gap: Optional[tuple[float, dict]] = None, objectives: Optional[dict] = None) -> None:
     """Write markdown, JSON and the bar plot under the results folder ``out``; ``clock``: the record ``costs``
     were read from (:func:`cost_clock`); ``diffs`` and ``source_diffs``: the paired differences on the target
     and on the source domain's test split; ``gap``: the setup's measured gap in points and each method's share
-    of it closed (:func:`~uda_perturb.bench.gap.gap_closed`), for a setup with a gap record."""
+    of it closed (:func:`~uda_perturb.bench.gap.gap_closed`), for a setup with a gap record; ``objectives``: the
+    logged per-objective attack statistics (:func:`~uda_perturb.bench.attack_stats.objective_stats`)."""
     setup = protocol.setup
     t, s, g = setup["target"], setup["source"], setup["groups"]
     env = {"wall_seconds_this_invocation": round(wall),
@@ -125,7 +127,7 @@ def report(args: argparse.Namespace, protocol: Protocol, out: Path, agg: dict, n
            "train_seconds_all_runs": round(compute), "cost_clock": clock,
            "estimated_wall_seconds_from_scratch": round(compute / max(args.jobs, 1)), "seeds": list(seeds),
            "warm_start_iters": protocol.pre_iters, "adapt_iters": protocol.iters, "recipe": protocol.recipe,
-           "setup_overrides": list(setup.get("overrides", [])), "overrides": list(args.overrides),
+           "setup_overrides": list(setup["overrides"]), "overrides": list(args.overrides),
            "shared_warm_start": args.shared_warm_start}
     out.mkdir(parents=True, exist_ok=True)
     png = plot(agg, t, out / f"{name}.png", f"{args.dataset}: per-class IoU on {t} (mean over seeds)")
@@ -166,6 +168,9 @@ def report(args: argparse.Namespace, protocol: Protocol, out: Path, agg: dict, n
     md += [f"## Cost (training {measure}, per iteration)", "", "| method | s/iter | / source-only |",
            "|---|---|---|"] + [f"| {k} | {v['seconds_per_iter']:.3f} | {v['relative_to_source_only']:.2f} |"
                                for k, v in costs.items()] + [""]
+    if objectives:
+        md += ["## Did each attack objective steer the step? (the add-on's logged statistics, mean over training)", "",
+               objective_table(objectives), ""]
     md += [f"## Per-class IoU on {t}", "", per_class_table(agg, t), "",
            f"## Per-class IoU on {s}", "", per_class_table(agg, s), ""]
     if png:
@@ -173,7 +178,7 @@ def report(args: argparse.Namespace, protocol: Protocol, out: Path, agg: dict, n
     if cost_png:
         md += [f"![mIoU against cost]({cost_png.name})", ""]
     payload = {"environment": {**environment(), **env}, "results": agg, "cost": costs, "paired_differences": diffs,
-               "paired_differences_source": source_diffs,
+               "paired_differences_source": source_diffs, "attack_objectives": objectives or {},
                **({"gap_points": gap[0], "gap_closed": gap[1]} if gap is not None else {})}
     _, md_path = write_results(out, name, payload, "\n".join(md))
     print(md_path.read_text())
