@@ -1,6 +1,8 @@
 """How several attack objectives make one step (``combine``): ``balanced`` lets each count by its weight however
 small its gradient, ``sum`` is the earlier rule, ``separate`` makes one f* per objective. Directions are
 checked against formulas written here; the toy at the end trains a discriminator and attacks it."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -72,11 +74,15 @@ def test_a_discriminator_a_hundred_times_weaker_still_steers_the_default_step():
     # the summed loss's step is the classifier's alone
     fsum, _, _ = attack(clf, D, f, y, combine="sum")
     assert cosines(fsum - f, g_c).mean() > 0.99 and cosines(fsum - f, g_d).mean() < 0.2
-    # the statistics say so: the step's mean cosine with each objective, and D's gradient-norm ratio
+    # the statistics say so: the step's mean cosine with each objective, each one's gradient-norm share, and the
+    # cosine between the two objectives' own directions (the step's cosines follow from it: sqrt((1 + c) / 2))
     assert stats.objectives["classifier"].step_cosine == pytest.approx(float(cosines(step, g_c).mean()), abs=1e-4)
     assert stats.objectives["discriminator"].step_cosine == pytest.approx(float(cosines(step, g_d).mean()), abs=1e-4)
-    assert stats.objectives["classifier"].grad_norm_ratio == 1.0
-    assert stats.objectives["discriminator"].grad_norm_ratio == pytest.approx(ratio, rel=1e-3)
+    assert stats.objectives["classifier"].grad_share == pytest.approx(1 / (1 + ratio), rel=1e-3)
+    assert stats.objectives["discriminator"].grad_share == pytest.approx(ratio / (1 + ratio), rel=1e-3)
+    pair = cosines(g_c, g_d)
+    assert stats.direction_cosine["classifier|discriminator"] == pytest.approx(float(pair.mean()), abs=1e-4)
+    torch.testing.assert_close(cosines(step, g_d), ((1 + pair) / 2).sqrt(), atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])
@@ -105,9 +111,13 @@ def test_sum_is_the_normalised_gradient_of_the_summed_losses():
     g_c, g_d = gradients(clf, D, f, y)
     fstar, stats, _ = attack(clf, D, f, y, combine="sum", steps=1)
     torch.testing.assert_close(fstar - f, 0.5 * unit(g_c + g_d), atol=1e-5, rtol=1e-4)
-    assert stats.objectives == {}  # not free under sum: only when asked
+    # not free under sum: the cosines only when asked; then they say what the sum followed
+    assert all(math.isnan(s.step_cosine) and math.isnan(s.grad_share) for s in stats.objectives.values())
     _, asked, _ = attack(clf, D, f, y, combine="sum", objective_stats=True)
-    assert set(asked.objectives) == {"classifier", "discriminator"}
+    step = fstar - f
+    for name, g in (("classifier", g_c), ("discriminator", g_d)):
+        assert asked.objectives[name].step_cosine == pytest.approx(float(cosines(step, g).mean()), abs=1e-4)
+    assert asked.objectives["classifier"].step_cosine > 0.99  # D's gradient is 100x smaller here
 
 
 def test_an_objective_without_gradient_at_a_position_leaves_it_to_the_other():
@@ -203,7 +213,13 @@ def test_against_a_trained_discriminator_the_default_step_raises_its_loss_and_th
                                      eps=0.2, objective_stats=True, **rule)
 
     clean, default, summed = d_loss(f_s), attacked(None), attacked("sum")
-    assert default.stats.objectives["discriminator"].grad_norm_ratio < 0.01  # D's gradient is the small one
+    assert default.stats.objectives["discriminator"].grad_share < 0.01  # D's gradient is the small one
     assert summed.stats.objectives["discriminator"].step_cosine < 0.05  # ... and the sum does not hear it
+    # each objective's loss at f* against clean, as reported, is D's loss computed here
+    for res in (default, summed):
+        d = res.stats.objectives["discriminator"]
+        assert d.loss_clean == pytest.approx(clean, rel=1e-5)
+        assert d.loss_perturbed == pytest.approx(d_loss(res.perturbed), rel=1e-5)
+    assert default.stats.objectives["discriminator"].rise > 5 * summed.stats.objectives["discriminator"].rise
     assert d_loss(default.perturbed) > 2 * clean
     assert d_loss(default.perturbed) - clean > 5 * (d_loss(summed.perturbed) - clean)

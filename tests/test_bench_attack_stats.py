@@ -14,20 +14,26 @@ def run(tmp_path, label, seed, records):
     return Run(label, [], d, seed)
 
 
-def test_means_over_iterations_then_over_seeds_and_silent_runs_left_out(tmp_path):
+def test_means_over_iterations_then_over_seeds_and_silent_or_old_runs_left_out(tmp_path):
     a0 = run(tmp_path, "apoda", 0, [
-        {"iteration": 10, "perturb/source_discriminator_cos": 0.2, "perturb/source_discriminator_gnorm": 0.1,
-         "perturb/source_norm": 5.0, "g/seg": 1.0},
-        {"iteration": 20, "perturb/source_discriminator_cos": 0.6, "perturb/source_discriminator_gnorm": 0.3},
+        {"iteration": 10, "perturb/source_discriminator_rise": 2.0, "perturb/source_discriminator_clean": 0.1,
+         "perturb/source_discriminator_share": 0.1, "perturb/source_norm": 5.0, "g/seg": 1.0},
+        {"iteration": 20, "perturb/source_discriminator_rise": 4.0, "perturb/source_discriminator_clean": 0.3,
+         "perturb/source_discriminator_share": 0.3},
         {"iteration": 20, "eval": {"real_test": {"miou": 20.0}}}])
-    a1 = run(tmp_path, "apoda", 1, [{"iteration": 10, "perturb/source_discriminator_cos": 0.8,
-                                     "perturb/source_discriminator_gnorm": 0.5}])
-    silent = run(tmp_path, "apoda sum", 0, [{"iteration": 10, "perturb/source_norm": 5.0}])
+    a1 = run(tmp_path, "apoda", 1, [{"iteration": 10, "perturb/source_discriminator_rise": 5.0,
+                                     "perturb/source_discriminator_clean": 0.4,
+                                     "perturb/source_discriminator_share": 0.5}])
+    silent = run(tmp_path, "apoda + random", 0, [{"iteration": 10, "perturb/source_norm": 5.0}])
+    # logged before the loss statistics: its cosine is equal for both objectives by construction, not read
+    old = run(tmp_path, "apoda old", 0, [{"iteration": 10, "perturb/source_discriminator_cos": 0.7,
+                                          "perturb/source_discriminator_gnorm": 0.9}])
 
-    assert run_means(a0) == pytest.approx({"source_discriminator_cos": 0.4, "source_discriminator_gnorm": 0.2})
-    stats = objective_stats([a0, a1, silent])
+    assert run_means(a0) == pytest.approx({"source_discriminator_rise": 3.0, "source_discriminator_clean": 0.2,
+                                           "source_discriminator_share": 0.2})
+    stats = objective_stats([a0, a1, silent, old])
     assert list(stats) == ["apoda"]
-    cos = stats["apoda"]["source_discriminator_cos"]
-    assert (cos["mean"], cos["std"], cos["n"]) == pytest.approx((0.6, 0.2, 2))  # seeds 0.4 and 0.8
+    rise = stats["apoda"]["source_discriminator_rise"]
+    assert (rise["mean"], rise["std"], rise["n"]) == pytest.approx((4.0, 1.0, 2))  # seeds 3.0 and 5.0
     table = objective_table(stats)
-    assert "| apoda | source discriminator | 0.60 ± 0.20 | 0.35 ± 0.15 |" in table
+    assert "| apoda | source discriminator | 0.300 ± 0.100 | 4.000 ± 1.000 | - | 0.35 ± 0.15 |" in table

@@ -151,7 +151,8 @@ def test_each_error_a_user_met_is_one_line_naming_the_fix():
                                    "features to one B x K x h x w tensor, e.g. lambda f: classifier(f)['out']"):
         up.perturb_and_defend(f, lambda x: {"out": head(x)}, labels=ys)
     with raises_exactly(ValueError, "a discriminator attack without labels needs output_size=(H, W): the image size "
-                                    "the discriminator judges (or clean_logits already at that size); without it D "
+                                    "the discriminator judges (or clean_logits already at that size, or upsample= your "
+                                        "own upsampler); without it D "
                                     "would see feature-resolution maps"):
         up.perturb_and_defend(f, head, domain="target", discriminator=d)
     with raises_exactly(ValueError, "the discriminator's first layer takes 5 channels, but discriminator_input="

@@ -60,8 +60,9 @@ def test_a_side_with_weight_zero_is_skipped_and_only_it():
     losses, stats = method.addons[0](method, state)
     assert set(losses) == {"def_source", "def_mixed"}
     per_objective = {f"{side}_{obj}_{k}" for side in ("source", "mixed") for obj in ("classifier", "discriminator")
-                     for k in ("cos", "gnorm")}
-    assert set(stats) == {"source_norm", "source_moved", "mixed_norm", "mixed_moved"} | per_objective
+                     for k in ("clean", "rise", "cos", "share")}
+    directions = {"source_directions_cos", "mixed_directions_cos"}
+    assert set(stats) == {"source_norm", "source_moved", "mixed_norm", "mixed_moved"} | per_objective | directions
     assert not method.addons[0].needs_target and PerturbationAddon(lambda_target=0.1).needs_target
 
 
@@ -89,10 +90,13 @@ def test_statistics_and_the_attack_gain_when_tracked():
     ref = direct(method, state, track_attack_loss=True)
     assert stats["source_norm"] == ref.stats.mean_norm and stats["source_moved"] == ref.stats.fraction_perturbed
     assert stats["source_attack_gain"] == ref.stats.attack_loss_after - ref.stats.attack_loss_before
-    for obj in ("classifier", "discriminator"):  # how each objective took part in the step
-        assert stats[f"source_{obj}_cos"] == ref.stats.objectives[obj].step_cosine
-        assert stats[f"source_{obj}_gnorm"] == ref.stats.objectives[obj].grad_norm_ratio
-    assert 0.3 < stats["source_discriminator_cos"] < 1.0 and stats["source_classifier_gnorm"] == 1.0
+    for obj in ("classifier", "discriminator"):  # what each objective did, and how it took part in the step
+        part = ref.stats.objectives[obj]
+        assert stats[f"source_{obj}_clean"] == part.loss_clean and stats[f"source_{obj}_rise"] == part.rise
+        assert stats[f"source_{obj}_cos"] == part.step_cosine and stats[f"source_{obj}_share"] == part.grad_share
+    assert stats["source_classifier_rise"] > 0 and stats["source_discriminator_rise"] > 0  # both attacks acted
+    assert stats["source_directions_cos"] == ref.stats.direction_cosine["classifier|discriminator"]
+    assert stats["source_classifier_share"] + stats["source_discriminator_share"] == pytest.approx(1.0)
 
 
 def test_the_add_on_and_apoda_use_the_balanced_rule_and_a_recipe_reaches_sum():
@@ -105,14 +109,14 @@ def test_the_add_on_and_apoda_use_the_balanced_rule_and_a_recipe_reaches_sum():
         tiny_config("apoda", "method.options={perturbation: {combin: sum}}")
 
 
-def test_the_progress_line_shows_how_each_objective_steers():
+def test_the_progress_line_shows_what_each_objective_did():
     from uda_perturb.engine.trainer import progress_line
 
-    logs = {"g/seg": 1.0, "perturb/source_classifier_cos": 0.712, "perturb/source_discriminator_cos": 0.695,
-            "perturb/source_discriminator_gnorm": 0.01}
+    logs = {"g/seg": 1.0, "perturb/source_classifier_rise": 0.1234, "perturb/source_discriminator_rise": 51.2,
+            "perturb/source_discriminator_cos": 0.72, "perturb/source_discriminator_share": 0.01}
     line = progress_line(10, 100, logs, 5.0, 10)
-    assert line.endswith("  attack cos source/classifier 0.71 source/discriminator 0.69")
-    assert "attack cos" not in progress_line(10, 100, {"g/seg": 1.0}, 5.0, 10)
+    assert line.endswith("  attack rise source/classifier +0.123 source/discriminator +51.2")
+    assert "attack rise" not in progress_line(10, 100, {"g/seg": 1.0}, 5.0, 10)
 
 
 def test_the_discriminator_learns_perturbed_predictions_only_with_d_on_perturbed():

@@ -1,14 +1,16 @@
 """How several attack objectives make one step: each objective's own input gradient, its per-position direction,
-the combination rule, and the per-objective statistics that show whether every objective acts.
+and the combination rule.
 
-Why a rule is needed: the classifier's input gradient is 40-230x the discriminator's on our models, so the
-gradient of the *summed* losses is the classifier's direction alone (cosine 0.9998) and the discriminator
-attack does nothing. ``balanced`` normalises each objective's direction before the weighted sum, so each
-counts by its weight, not by its gradient's size.
+Why a rule is needed: the objectives' input gradients differ in size by orders of magnitude, and which one is
+larger changes as the discriminator trains. With an untrained or saturated D the classifier's gradient was
+40-230x D's and a plain sum stepped in the classifier's direction alone (cosine 0.9998); in training it turned
+round: APODA with ``sum`` on ``synthetic_demo`` followed the classifier for its first 30 iterations, then D
+(cosine with D 0.63-0.97, with the classifier 0.19-0.53, iterations 40-120). ``balanced`` normalises each
+objective's direction before the weighted sum, so each counts by its weight, whichever gradient is larger at
+the moment.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -62,61 +64,4 @@ def balanced_direction(grads: Sequence[torch.Tensor], units: Sequence[torch.Tens
     out = weights[0] * parts[0]
     for d, w in zip(parts[1:], weights[1:]):
         out = out + w * d
-    return out
-
-
-@dataclass
-class ObjectiveStats:
-    """How one attack objective took part in the step.
-
-    ``step_cosine``: mean over moved positions of the cosine between the step and this objective's own input
-    gradient (1: the step is its direction; near 0: it is ignored). ``grad_norm_ratio``: the mean per-position
-    norm of its weighted term's input gradient divided by the largest objective's (1 for the largest; how much a
-    plain ``sum`` would hear it).
-    Both are averaged over the attack steps.
-    """
-
-    step_cosine: float
-    grad_norm_ratio: float
-
-
-class ObjectiveTracker:
-    """Accumulates :class:`ObjectiveStats` over the steps of one perturbation."""
-
-    def __init__(self, names: Sequence[str]) -> None:
-        self.names = unique_names(names)
-        self._cos = [0.0] * len(names)
-        self._norm = [0.0] * len(names)
-        self._steps = 0
-
-    def record(self, units: Sequence[torch.Tensor], norms: Sequence[torch.Tensor],
-               steps: Sequence[torch.Tensor]) -> None:
-        """One attack step: each objective's unit gradient and gradient norm (:func:`unit_l2` of its weighted
-        term's gradient) and the step direction it took part in."""
-        means = []
-        for i, (u, n, step) in enumerate(zip(units, norms, steps)):
-            sn = position_norm(step)
-            both = (n > 0) & (sn > 0)
-            cos = (u * step.float()).sum(dim=1, keepdim=True) / sn.clamp_min(torch.finfo(torch.float32).tiny)
-            self._cos[i] += float(cos[both].mean()) if bool(both.any()) else 0.0
-            means.append(float(n.mean()))
-        top = max(means) if max(means) > 0 else 1.0
-        for i, m in enumerate(means):
-            self._norm[i] += m / top
-        self._steps += 1
-
-    def result(self) -> dict[str, ObjectiveStats]:
-        k = max(self._steps, 1)
-        return {n: ObjectiveStats(c / k, r / k) for n, c, r in zip(self.names, self._cos, self._norm)}
-
-
-def unique_names(names: Sequence[str]) -> list[str]:
-    """Objective names, a repeated one numbered (``classifier``, ``classifier_2``)."""
-    out: list[str] = []
-    for n in names:
-        name, k = n, 1
-        while name in out:
-            k += 1
-            name = f"{n}_{k}"
-        out.append(name)
     return out

@@ -41,11 +41,10 @@ class ClassifierAttack(AttackObjective):
 
     def forward(self, ctx: ObjectiveContext, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if ctx.labels is not None:
-            return seg_ce(logits, ctx.labels, ctx.ignore_index, align_corners=ctx.align_corners)
+            return seg_ce(ctx.upsample(logits), ctx.labels, ctx.ignore_index)
         if self.target_mode == "kl":
             return kl_div(ctx.clean_at_pixels(), ctx.upsample(logits))
-        return seg_ce(logits, ctx.pseudo_labels(self.pseudo_threshold), ctx.ignore_index,
-                      align_corners=ctx.align_corners)
+        return seg_ce(ctx.upsample(logits), ctx.pseudo_labels(self.pseudo_threshold), ctx.ignore_index)
 
 
 @ATTACKS.register("entropy")

@@ -32,10 +32,9 @@ class CrossEntropyDefense(DefenseLoss):
     def forward(self, ctx: ObjectiveContext, adv_logits: torch.Tensor) -> torch.Tensor:
         assert ctx.labels is not None
         if ctx.pixel_weights is not None:
-            return pixel_weighted_ce(adv_logits, ctx.labels, ctx.pixel_weights, ctx.ignore_index, ctx.class_weights,
-                                     ctx.align_corners)
-        return seg_ce(adv_logits, ctx.labels, ctx.ignore_index, weight=ctx.class_weights,
-                      align_corners=ctx.align_corners)
+            return pixel_weighted_ce(ctx.upsample(adv_logits), ctx.labels, ctx.pixel_weights, ctx.ignore_index,
+                                     ctx.class_weights)
+        return seg_ce(ctx.upsample(adv_logits), ctx.labels, ctx.ignore_index, weight=ctx.class_weights)
 
 
 @DEFENSES.register("kl")
@@ -63,5 +62,4 @@ class PseudoLabelDefense(DefenseLoss):
         self.threshold = threshold
 
     def forward(self, ctx: ObjectiveContext, adv_logits: torch.Tensor) -> torch.Tensor:
-        return seg_ce(adv_logits, ctx.pseudo_labels(self.threshold), ctx.ignore_index,
-                      align_corners=ctx.align_corners)
+        return seg_ce(ctx.upsample(adv_logits), ctx.pseudo_labels(self.threshold), ctx.ignore_index)

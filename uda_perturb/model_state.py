@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -46,3 +46,34 @@ def frozen_state(*modules: nn.Module | None, bn_mode: str = "eval") -> Iterator[
                 live.copy_(saved)
         for k, m in seen.items():
             m.training = modes[k]
+
+
+def mode_sensitive(modules: Iterable[nn.Module | None]) -> bool:
+    """Whether any BatchNorm or dropout layer of ``modules`` is in training mode, i.e. whether a forward pass
+    depends on the mode it runs in (batch statistics, random masks)."""
+    return any(isinstance(m, _BN + DROPOUT_LAYERS) and m.training
+               for module in modules if module is not None for m in module.modules())
+
+
+def has_active_dropout(modules: Iterable[nn.Module | None]) -> bool:
+    """Whether any dropout layer of ``modules`` is in training mode (a forward pass draws random masks)."""
+    return any(isinstance(m, DROPOUT_LAYERS) and m.training
+               for module in modules if module is not None for m in module.modules())
+
+
+@contextlib.contextmanager
+def untracked_statistics(*modules: nn.Module | None) -> Iterator[None]:
+    """Run the body in the modules' own modes (train-mode BatchNorm normalises with batch statistics, dropout is
+    random) without updating any BatchNorm buffer: a reference forward that must not count as training.
+
+    The buffers are not written at all (``track_running_stats`` off for the body), rather than written and put
+    back: a later backward through an earlier train-mode pass checks that they were not modified in place."""
+    bns = {id(m): m for module in modules if module is not None for m in module.modules()
+           if isinstance(m, _BN) and m.training and m.track_running_stats}
+    try:
+        for m in bns.values():
+            m.track_running_stats = False
+        yield
+    finally:
+        for m in bns.values():
+            m.track_running_stats = True

@@ -11,6 +11,7 @@ from .losses import IGNORE_INDEX, upsample
 from .models.discriminators import DiscriminatorSpace
 
 Classifier = Callable[[torch.Tensor], torch.Tensor]
+Upsampler = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -21,7 +22,9 @@ class ObjectiveContext:
     ``output_size`` (label size) is where pixel losses are computed; ``labels`` is ``None`` for target data.
     ``class_weights`` (optional) are the weights the training uses for its supervised CE, so that the
     ``ce`` defense on source labels keeps the same class balance. ``pixel_weights`` (optional, with labels)
-    weight each label pixel, as self-training does for pseudo-labels.
+    weight each label pixel, as self-training does for pseudo-labels. ``upsampler`` (optional): the caller's own
+    ``logits -> logits at pixel size`` (e.g. AdaptSegNet's ``interp`` module), used for every pixel-size map in
+    place of bilinear upsampling with ``align_corners``, so that D sees exactly what the caller's loop trains it on.
     """
 
     classifier: Classifier
@@ -35,6 +38,7 @@ class ObjectiveContext:
     class_weights: Optional[torch.Tensor] = None  # per-class weights of label-based defense losses
     pixel_weights: Optional[torch.Tensor] = None  # B x H x W weights of the labels (self-training's mixed labels)
     align_corners: bool = True  # how logits are upsampled to pixel size (True: the DeepLab references)
+    upsampler: Optional[Upsampler] = None  # the caller's own upsampling, replacing align_corners
 
     @property
     def pixel_size(self) -> tuple[int, int]:
@@ -46,8 +50,18 @@ class ObjectiveContext:
         return tuple(self.clean_logits.shape[-2:])  # type: ignore[return-value]
 
     def upsample(self, logits: torch.Tensor) -> torch.Tensor:
-        """``logits`` upsampled to ``pixel_size`` (bilinear, ``align_corners`` as set)."""
-        return upsample(logits, self.pixel_size, self.align_corners)
+        """``logits`` at pixel size: the caller's ``upsampler`` when given (its output size checked against the
+        labels' or ``output_size``), else bilinear to ``pixel_size`` with ``align_corners``."""
+        if self.upsampler is None:
+            return upsample(logits, self.pixel_size, self.align_corners)
+        out = self.upsampler(logits)
+        want = self.labels.shape[-2:] if self.labels is not None else self.output_size
+        if not isinstance(out, torch.Tensor) or out.dim() != 4 or (want is not None and
+                                                                    tuple(out.shape[-2:]) != tuple(want)):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"upsample= returned {got}; it must map B x K x h x w logits to B x K x H x W at the "
+                             f"pixel size {tuple(want) if want is not None else '(H, W)'}")
+        return out
 
     def clean_at_pixels(self) -> torch.Tensor:
         """Clean logits upsampled to ``pixel_size`` (detached)."""

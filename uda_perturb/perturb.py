@@ -5,30 +5,32 @@ adds on the features it already computed (no extra backbone pass).
 """
 from __future__ import annotations
 
-import contextlib
 import difflib
 import inspect
-from typing import Any, Mapping, Optional, cast
+from dataclasses import dataclass, replace
+from typing import Any, Mapping, Optional, Sequence, cast
 
 import torch
 from torch import nn
 
 from .attack_combination import (
     COMBINE_MODES,
-    ObjectiveTracker,
     balanced_direction,
     objective_gradients,
     position_norm,
     unit_direction,
     unit_l2,
 )
+from .classifier_modules import align_corners_of, modules_behind
+from .defense_pass import defense_logits, needs_reference
 from .losses import IGNORE_INDEX
 from .model_state import frozen_state
 from .models.discriminators import DISCRIMINATOR_INPUTS, DiscriminatorSpace
-from .objective_context import Classifier, ObjectiveContext
+from .objective_context import Classifier, ObjectiveContext, Upsampler
 from .objective_spec import ObjectiveSpec, Term, resolve
+from .objective_stats import ObjectiveTracker
 from .perturb_checks import check_inputs, check_label_values, logits_of
-from .perturb_geometry import project, radius, random_start
+from .perturb_geometry import advance, radius, random_start
 from .perturb_result import PerturbResult, PerturbStats, _summary
 from .registry import ATTACKS, DEFENSES
 
@@ -68,25 +70,34 @@ class Perturber(nn.Module):
             caller's mode, so train-mode BatchNorm normalises with the perturbed batch and updates its running
             statistics, and dropout is random) or ``"eval"`` (running statistics, no dropout, BatchNorm buffers
             untouched; gradients still reach the classifier).
-        align_corners: how logits are upsampled to pixel size for the pixel losses: ``True`` (default, the DeepLab-v2
-            references: AdaptSegNet, ADVENT, DACS) or ``False`` (torchvision's and mmseg's models).
+        align_corners: how logits are upsampled to pixel size for the pixel losses and D's input: ``True`` (the
+            DeepLab-v2 references: AdaptSegNet, ADVENT, DACS) or ``False`` (torchvision's and mmseg's models).
+            ``None`` (default): the model's own convention where it declares one (``split_torchvision`` views:
+            ``False``), else ``True``.
+        upsample: the caller's own upsampler, a callable ``logits -> logits at pixel size`` (AdaptSegNet's
+            ``interp = nn.Upsample(size, mode="bilinear")``, i.e. ``align_corners=False``), used for every
+            pixel-size map the objectives and defenses build, so that D judges exactly the maps the caller's loop
+            trains it on. Replaces ``align_corners`` (giving both is refused).
         combine: how several attack objectives make one step (one objective: all three are the same).
             ``"balanced"`` (default): each objective's own input gradient is turned into its per-position
             direction (L2: divided by its norm over channels; Linf: its sign), the directions are summed with the
             ``attack_weights``, and the sum is normalised as one objective's gradient would be. Each objective
-            then counts by its weight, not by the size of its gradient: on our models the classifier's input
-            gradient is 40-230x the discriminator's, and the summed loss steps in the classifier's direction
-            alone (cosine 0.9998), leaving the discriminator attack without effect. Costs one more backward
-            through the classifier per extra objective (the forward is shared).
+            then counts by its weight, not by the size of its gradient, which differs by orders of magnitude and
+            changes as D trains (with an untrained or saturated D the classifier's was 40-230x D's; in training
+            a summed step came to follow D). Costs one more backward through the classifier per extra objective
+            (the forward is shared).
             ``"sum"``: the gradient of the weighted sum of the objectives, normalised (the rule before
             ``balanced``; bit for bit the earlier results).
             ``"separate"``: one ``f*`` per objective, each at the full radius; the defense loss is the mean of
             the defense over them, so it costs one more defense pass (classifier forward and backward) per extra
             objective. ``perturbed`` and ``adv_logits`` then hold the objectives' results one after another
             along the batch dimension (``n_objectives * B``), in the order of ``attacks``.
-        objective_stats: fill ``stats.objectives`` (per-objective step cosine and gradient-norm ratio). ``None``
-            (default): whenever it is free, i.e. with several objectives under ``balanced`` or ``separate``;
-            ``True`` also under ``sum``, at the cost of one backward per objective.
+        objective_stats: fill ``stats.objectives`` (:class:`~uda_perturb.objective_stats.ObjectiveStats`: each
+            objective's loss at the clean features and at ``f*``, the step's cosine with its direction, its
+            gradient-norm share) and ``stats.direction_cosine``. ``None`` (default): the losses always (at most
+            one more no-grad discriminator forward per call, from the defense pass's logits), the cosines and
+            shares where they are free (several objectives under ``balanced`` or ``separate``); ``True``: the
+            cosines and shares under ``sum`` too (one more backward per objective); ``False``: nothing.
     """
 
     def __init__(self, attacks: Optional[ObjectiveSpec] = None, defenses: Optional[ObjectiveSpec] = None, *,
@@ -98,7 +109,7 @@ class Perturber(nn.Module):
                  ignore_index: int = IGNORE_INDEX, channels_last: Optional[bool] = True,
                  track_attack_loss: bool = False, combine: str = "balanced",
                  objective_stats: Optional[bool] = None, defense_bn_mode: str = "train",
-                 align_corners: bool = True) -> None:
+                 align_corners: Optional[bool] = None, upsample: Optional[Upsampler] = None) -> None:
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -117,6 +128,11 @@ class Perturber(nn.Module):
         if not callable(discriminator_input) and discriminator_input not in DISCRIMINATOR_INPUTS:
             raise ValueError(f"discriminator_input must be one of {DISCRIMINATOR_INPUTS} or a callable, got "
                              f"{discriminator_input!r}")
+        if upsample is not None and not callable(upsample):
+            raise TypeError("upsample must be a callable logits -> logits at pixel size, got "
+                            f"{type(upsample).__name__}")
+        if upsample is not None and align_corners is not None:
+            raise ValueError("pass upsample= or align_corners=, not both: the upsampler decides how logits are resized")
         if defense_bn_mode not in ("train", "eval"):
             raise ValueError(f"defense_bn_mode must be 'train' or 'eval', got {defense_bn_mode!r}")
         self.eps, self.steps, self.norm, self.eps_mode = float(eps), int(steps), norm, eps_mode
@@ -125,7 +141,7 @@ class Perturber(nn.Module):
         self.discriminator_input, self.ignore_index = discriminator_input, ignore_index
         self.channels_last, self.track_attack_loss = channels_last, track_attack_loss
         self.combine, self.objective_stats = combine, objective_stats
-        self.defense_bn_mode, self.align_corners = defense_bn_mode, align_corners
+        self.defense_bn_mode, self.align_corners, self.upsample = defense_bn_mode, align_corners, upsample
         self._attack_spec, self._defense_spec = attacks, defenses
         self._attack_weights, self._defense_weights = attack_weights, defense_weights
         self.attack_terms = resolve(ATTACKS, attacks, attack_weights) if attacks is not None else None
@@ -153,24 +169,9 @@ class Perturber(nn.Module):
     def _radius(self, f0: torch.Tensor, value: float) -> torch.Tensor:
         return radius(f0, value, self.eps_mode, self.norm)
 
-    def _direction(self, g: torch.Tensor) -> torch.Tensor:
-        return unit_direction(g, self.norm)
-
-    def _project(self, delta: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        return project(delta, r, self.norm)
-
-    def _random_start(self, f0: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        return random_start(f0, r, self.norm)
-
-    @staticmethod
-    def _attack_loss(terms: list[Term], ctx: ObjectiveContext, f: torch.Tensor,
-                     logits: Optional[torch.Tensor] = None) -> torch.Tensor:
-        logits = ctx.classifier(f) if logits is None else logits
-        return sum(t.weight * t.module(ctx, f, logits) for t in terms)  # type: ignore[return-value]
-
     def _groups(self, attacks: list[Term]) -> list[list[Term]]:
         """The objectives that make one ``f*`` together: all of them, or each alone under ``separate``."""
-        if self.combine == "separate" and len(attacks) > 1:
+        if self.combine == "separate" and len(attacks) > 1 and not _is_control(attacks):
             return [[t] for t in attacks]
         return [attacks]
 
@@ -180,39 +181,55 @@ class Perturber(nn.Module):
             f = f.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         return f.requires_grad_(True)
 
-    def _step(self, terms: list[Term], values: list[torch.Tensor], f: torch.Tensor, scale: float,
-              want_parts: bool) -> tuple[torch.Tensor, Optional[list[tuple[torch.Tensor, torch.Tensor]]]]:
-        """``(combined gradient, or sum of directions, before normalisation; each objective's (unit gradient,
-        gradient norm) when wanted)`` of one attack step (gradients of the weighted terms)."""
-        if len(terms) == 1 or self.combine == "sum":
-            loss = cast(torch.Tensor, sum(t.weight * v for t, v in zip(terms, values)))
-            each = want_parts and len(terms) > 1
-            (g,) = torch.autograd.grad(loss * scale, f, retain_graph=each)
-            if not want_parts:
-                return g.float(), None
-            grads = objective_gradients([t.weight * v for t, v in zip(terms, values)], f, scale) if each \
-                else [g.float()]
-            return g.float(), [unit_l2(x) for x in grads]
-        # balanced: gradients of the weighted terms, so that a negative weight turns its direction round
-        grads = objective_gradients([t.weight * v for t, v in zip(terms, values)], f, scale)
-        parts = [unit_l2(g) for g in grads]
-        combined = balanced_direction(grads, [u for u, _ in parts], [abs(t.weight) for t in terms], self.norm)
-        return combined, parts
+    def _gradients(self, terms: list[Term], ctx: ObjectiveContext, f: torch.Tensor, logits: torch.Tensor,
+                   scale: float, want_each: bool) -> _Gradients:
+        """``(each objective's unweighted value, the summed gradient or None, each weighted term's gradient or
+        None)`` at ``f``: the summed one for one objective or ``sum``, each one's under ``balanced`` (and for the
+        statistics when ``want_each``). Scaling the loss by the number of positions keeps fp16 gradients of a
+        pixel-mean loss from underflowing; the direction is normalised, so the scale does not change it."""
+        raw = [t.module(ctx, f, logits) for t in terms]
+        weighted = [t.weight * v for t, v in zip(terms, raw)]
+        if len(terms) > 1 and self.combine != "sum":  # weighted: a negative weight turns its direction round
+            return raw, None, objective_gradients(weighted, f, scale)
+        loss = cast(torch.Tensor, sum(weighted))
+        each = want_each and len(terms) > 1
+        (g,) = torch.autograd.grad(loss * scale, f, retain_graph=each)
+        if each:
+            return raw, g.float(), objective_gradients(weighted, f, scale)
+        return raw, g.float(), [g.float()] if len(terms) == 1 else None
+
+    def _combined(self, terms: list[Term], summed: Optional[torch.Tensor],
+                  units: Optional[list[tuple[torch.Tensor, torch.Tensor]]], each: Optional[list[torch.Tensor]]
+                  ) -> torch.Tensor:
+        """The step before its normalisation: the summed gradient, or the ``balanced`` sum of directions."""
+        if summed is not None:
+            return summed
+        assert units is not None and each is not None
+        return balanced_direction(each, [u for u, _ in units], [abs(t.weight) for t in terms], self.norm)
+
+    def _align(self, heads: Sequence[nn.Module]) -> bool:
+        if self.align_corners is not None:
+            return self.align_corners
+        declared = align_corners_of(heads)
+        return True if declared is None else declared
 
     # --------------------------------------------------------------------------------------- public API
     def perturb(self, features: torch.Tensor, classifier: Classifier, *, labels: Optional[torch.Tensor] = None,
                 domain: str = "source", discriminator: Optional[nn.Module] = None,
                 clean_logits: Optional[torch.Tensor] = None, output_size: Optional[tuple[int, int]] = None,
                 measure: bool = False, class_weights: Optional[torch.Tensor] = None,
-                pixel_weights: Optional[torch.Tensor] = None,
+                pixel_weights: Optional[torch.Tensor] = None, modules: Optional[Sequence[nn.Module]] = None,
                 ) -> tuple[torch.Tensor, PerturbStats, ObjectiveContext]:
         """Return ``(f*, stats, ctx)``: the detached perturbed features and what the attack did.
 
         Gradients are taken with ``torch.autograd.grad`` with respect to the features only: no parameter
-        ``.grad`` is written, and BatchNorm/dropout of the classifier and discriminator are frozen.
+        ``.grad`` is written, and BatchNorm/dropout of the classifier and discriminator are frozen. The modules
+        behind ``classifier`` are found whatever it is (a module, a bound method, a ``functools.partial``, a
+        lambda); pass ``modules=[...]`` where they cannot be found (``[]``: it has none).
         Pass ``clean_logits`` when the caller already has ``classifier(features)``; without them (and without
         a random start) the first attack step's forward pass provides them, so no pass is wasted.
-        ``measure=True`` spends one more forward pass to fill ``stats.attack_loss_after``.
+        ``measure=True`` spends one more forward pass to fill ``stats.attack_loss_after`` and each objective's
+        ``loss_perturbed`` (in the attack's mode).
         ``class_weights`` weight the label-based ``ce`` defense per class (attacks stay unweighted: an L2
         step is normalised per position, so they only set directions); ``pixel_weights`` (``B x H x W``) weight
         its label pixels, as self-training weighs pseudo-labels.
@@ -223,112 +240,105 @@ class Perturber(nn.Module):
         """
         attacks = self._attacks_for(discriminator)
         labels = check_inputs(features, labels, domain, discriminator, attacks, self._defenses_for(domain),
-                              clean_logits, output_size, self.discriminator_input)
-        f0 = features.detach()
-        if getattr(attacks[0].module, "gradient_free", False):
-            return self._control(attacks[0], f0, classifier, labels, domain, discriminator, clean_logits,
-                                 output_size, class_weights, pixel_weights)
+                              clean_logits, output_size, self.discriminator_input, self.upsample is not None)
+        heads = modules_behind(classifier, modules)
+        call = _Call(classifier, heads, labels, domain, discriminator, clean_logits, output_size, class_weights,
+                     pixel_weights, self._align(heads))
+        if _is_control(attacks):
+            return self._control(attacks[0], features.detach(), call)
+        return self._attack(attacks, features.detach(), call, measure)
+
+    def _attack(self, attacks: list[Term], f0: torch.Tensor, call: _Call,
+                measure: bool) -> tuple[torch.Tensor, PerturbStats, ObjectiveContext]:
+        """The attack loop: at each step, each objective's gradient -> their combination -> the step -> the
+        projection, for each group of objectives making one ``f*``."""
         groups = self._groups(attacks)
-        want_grads = len(attacks) > 1 and (self.combine != "sum" if self.objective_stats is None
-                                           else self.objective_stats)
-        tracker = ObjectiveTracker([t.name for t in attacks]) if want_grads else None
-        modules = [m for m in (classifier, discriminator) if isinstance(m, nn.Module)]
-        with frozen_state(*modules, bn_mode=self.bn_mode), torch.enable_grad():
-            radius = self._radius(f0, self.eps)
-            alpha = self._radius(f0, self.alpha)
-            deltas = [self._random_start(f0, radius) if self.random_start else torch.zeros_like(f0, dtype=torch.float32)
+        tracker = ObjectiveTracker([t.name for t in attacks]) if self.objective_stats is not False else None
+        want_each = tracker is not None and len(attacks) > 1 and (self.combine != "sum" or bool(self.objective_stats))
+        with frozen_state(*call.heads, call.discriminator, bn_mode=self.bn_mode), torch.enable_grad():
+            r, alpha = self._radius(f0, self.eps), self._radius(f0, self.alpha)
+            deltas = [random_start(f0, r, self.norm) if self.random_start else torch.zeros_like(f0, dtype=torch.float32)
                       for _ in groups]
             moved = [torch.zeros((f0.shape[0], 1, *f0.shape[2:]), dtype=torch.bool, device=f0.device) for _ in groups]
-            # Scaling the loss by the number of positions keeps fp16 gradients of a pixel-mean loss from
-            # underflowing; the direction is normalised, so the scale does not change the result.
             scale = float(f0.shape[0] * f0.shape[2] * f0.shape[3])
             ctx: Optional[ObjectiveContext] = None
-            loss_before = 0.0
+            loss_before, clean = 0.0, [float("nan")] * len(attacks)
             for step in range(self.steps):
-                # ``separate`` from f0: every objective starts at the same point, so one pass serves them all
-                shared: Optional[list[torch.Tensor]] = None
-                if len(groups) > 1 and step == 0 and not self.random_start:
+                if step == 0 and len(groups) > 1 and not self.random_start:
+                    # ``separate`` from f0: every objective starts at the same point, so one pass serves them all
                     f = self._attack_point(f0, deltas[0])
-                    logits = logits_of(classifier, f)
-                    ctx = self._context(classifier, f0, logits, clean_logits, labels, domain, discriminator,
-                                        output_size, class_weights, pixel_weights)
-                    values = [t.weight * t.module(ctx, f, logits) for t in attacks]
-                    loss_before = float(sum(v.detach() for v in values))
-                    shared = objective_gradients(values, f, scale)
-                tracked: tuple[list, list, list] = ([], [], [])  # each objective's unit gradient, norm, step
-                for i, terms in enumerate(groups):
-                    parts: Optional[list[tuple[torch.Tensor, torch.Tensor]]]
-                    if shared is not None:
-                        combined, parts = shared[i], ([unit_l2(shared[i])] if want_grads else None)
-                    else:
-                        f = self._attack_point(f0, deltas[i])
-                        logits = logits_of(classifier, f)
-                        if ctx is None:
-                            ctx = self._context(classifier, f0, logits, clean_logits, labels, domain, discriminator,
-                                                output_size, class_weights, pixel_weights)
-                        values = [t.module(ctx, f, logits) for t in terms]
-                        if step == 0:
-                            loss_before += float(sum(t.weight * v.detach() for t, v in zip(terms, values)))
-                        combined, parts = self._step(terms, values, f, scale, want_grads)
+                    logits = logits_of(call.classifier, f)
+                    ctx = self._context(call, f0, logits)
+                    raw, _, each = self._gradients(attacks, ctx, f, logits, scale, want_each=True)
+                    assert each is not None
+                    evals: list[_Gradients] = [([raw[i]], each[i], [each[i]]) for i in range(len(groups))]
+                else:
+                    evals = []
+                    for terms, delta in zip(groups, deltas):
+                        f = self._attack_point(f0, delta)
+                        logits = logits_of(call.classifier, f)
+                        ctx = ctx or self._context(call, f0, logits)
+                        evals.append(self._gradients(terms, ctx, f, logits, scale, want_each))
+                values = [float(v.detach()) for raw, _, _ in evals for v in raw]
+                if step == 0:
+                    loss_before = sum(t.weight * v for t, v in zip(attacks, values))
+                    clean = values if not self.random_start else clean
+                units: list[Optional[tuple[torch.Tensor, torch.Tensor]]] = []
+                directions: list[torch.Tensor] = []
+                for i, (terms, (_, summed, each)) in enumerate(zip(groups, evals)):
+                    parts = [unit_l2(g) for g in each] if each is not None and (want_each or summed is None) else None
+                    combined = self._combined(terms, summed, parts, each)
                     moved[i] |= position_norm(combined) > 0
-                    direction = self._direction(combined)
-                    deltas[i] = deltas[i] + alpha * direction
-                    if self.project:
-                        deltas[i] = self._project(deltas[i], radius)
-                    if parts is not None:
-                        tracked[0].extend(u for u, _ in parts)
-                        tracked[1].extend(n for _, n in parts)
-                        tracked[2].extend([direction] * len(parts))
+                    direction = unit_direction(combined, self.norm)
+                    deltas[i] = advance(deltas[i], direction, alpha, r, self.norm, self.project)
+                    units += parts if parts is not None and want_each else [None] * len(terms)
+                    directions += [direction] * len(terms)
                 if tracker is not None:
-                    tracker.record(*tracked)
+                    tracker.record([u[0] if u else None for u in units], [u[1] if u else None for u in units],
+                                   directions, same_point=len(groups) == 1 or (step == 0 and not self.random_start))
             deltas = [d * m for d, m in zip(deltas, moved)]  # positions without gradient (ignored pixels) stay put
             chunks = [(f0.float() + d).to(f0.dtype).contiguous().detach() for d in deltas]
-            perturbed = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
-            loss_after = None
-            if measure:
-                with torch.no_grad():
-                    assert ctx is not None
-                    loss_after = 0.0
-                    for terms, c in zip(groups, chunks):
-                        loss_after += float(self._attack_loss(terms, ctx, c))
-        assert ctx is not None
+            assert ctx is not None
+            after = self._measure(groups, ctx, chunks, call.classifier) if measure else None
         stats = _summary(torch.cat(deltas), f0.repeat(len(groups), 1, 1, 1), torch.cat(moved), loss_before,
-                         loss_after)
+                         sum(t.weight * v for t, v in zip(attacks, after)) if after is not None else None)
         if tracker is not None:
-            stats.objectives = tracker.result()
-        return perturbed, stats, ctx
+            tracker.set_losses(clean, after if after is not None else [float("nan")] * len(attacks))
+            stats.objectives, stats.direction_cosine = tracker.result()
+        return (chunks[0] if len(chunks) == 1 else torch.cat(chunks)), stats, ctx
 
-    def _context(self, classifier: Classifier, f0: torch.Tensor, logits: torch.Tensor,
-                 clean_logits: Optional[torch.Tensor], labels: Optional[torch.Tensor], domain: str,
-                 discriminator: Optional[nn.Module], output_size: Optional[tuple[int, int]],
-                 class_weights: Optional[torch.Tensor], pixel_weights: Optional[torch.Tensor]) -> ObjectiveContext:
+    @staticmethod
+    def _measure(groups: list[list[Term]], ctx: ObjectiveContext, chunks: list[torch.Tensor],
+                 classifier: Classifier) -> list[float]:
+        """Each objective's unweighted value at its ``f*`` (one more forward pass per ``f*``, in the attack's mode)."""
+        with torch.no_grad():
+            return [float(t.module(ctx, c, logits_of(classifier, c))) for terms, c in zip(groups, chunks)
+                    for t in terms]
+
+    def _context(self, call: _Call, f0: torch.Tensor, logits: torch.Tensor) -> ObjectiveContext:
         """The objectives' context, its clean logits from the caller, else from the first attack pass (at f0)."""
+        clean_logits = call.clean_logits
         if clean_logits is None:
             if self.random_start:
                 with torch.no_grad():
-                    clean_logits = classifier(f0)
+                    clean_logits = logits_of(call.classifier, f0)
             else:
                 clean_logits = logits
-        if labels is not None:
-            check_label_values(labels, clean_logits.shape[1], self.ignore_index)
-        return ObjectiveContext(classifier, domain, clean_logits.detach(), labels, discriminator,
-                                self.discriminator_input, output_size, self.ignore_index, class_weights, pixel_weights,
-                                self.align_corners)
+        if call.labels is not None:
+            check_label_values(call.labels, clean_logits.shape[1], self.ignore_index)
+        return ObjectiveContext(call.classifier, call.domain, clean_logits.detach(), call.labels, call.discriminator,
+                                self.discriminator_input, call.output_size, self.ignore_index, call.class_weights,
+                                call.pixel_weights, call.align_corners, self.upsample)
 
-    def _control(self, term: Term, f0: torch.Tensor, classifier: Classifier, labels: Optional[torch.Tensor],
-                 domain: str, discriminator: Optional[nn.Module], clean_logits: Optional[torch.Tensor],
-                 output_size: Optional[tuple[int, int]], class_weights: Optional[torch.Tensor],
-                 pixel_weights: Optional[torch.Tensor]) -> tuple[torch.Tensor, PerturbStats, ObjectiveContext]:
+    def _control(self, term: Term, f0: torch.Tensor,
+                 call: _Call) -> tuple[torch.Tensor, PerturbStats, ObjectiveContext]:
         """f* of a gradient-free control: one displacement at the attack's radius, no backward pass."""
-        if clean_logits is None:
-            modules = [m for m in (classifier,) if isinstance(m, nn.Module)]
-            with torch.no_grad(), frozen_state(*modules, bn_mode=self.bn_mode):
-                clean_logits = logits_of(classifier, f0)
-        if labels is not None:
-            check_label_values(labels, clean_logits.shape[1], self.ignore_index)
-        ctx = ObjectiveContext(classifier, domain, clean_logits.detach(), labels, discriminator,
-                               self.discriminator_input, output_size, self.ignore_index, class_weights, pixel_weights,
-                               self.align_corners)
+        logits = call.clean_logits
+        if logits is None:
+            with torch.no_grad(), frozen_state(*call.heads, bn_mode=self.bn_mode):
+                logits = logits_of(call.classifier, f0)
+        call = replace(call, clean_logits=logits)
+        ctx = self._context(call, f0, logits)
         with torch.no_grad():
             delta = term.module.displacement(f0.float(), self._radius(f0, self.eps), self.norm)  # type: ignore
         perturbed = (f0.float() + delta).to(f0.dtype).contiguous().detach()
@@ -337,33 +347,81 @@ class Perturber(nn.Module):
     def forward(self, features: torch.Tensor, classifier: Classifier, *, labels: Optional[torch.Tensor] = None,
                 domain: str = "source", discriminator: Optional[nn.Module] = None,
                 clean_logits: Optional[torch.Tensor] = None, output_size: Optional[tuple[int, int]] = None,
-                class_weights: Optional[torch.Tensor] = None,
-                pixel_weights: Optional[torch.Tensor] = None) -> PerturbResult:
-        """Perturb ``features`` and return the weighted defense loss on ``classifier(f*)``."""
+                class_weights: Optional[torch.Tensor] = None, pixel_weights: Optional[torch.Tensor] = None,
+                modules: Optional[Sequence[nn.Module]] = None) -> PerturbResult:
+        """Perturb ``features`` and return the weighted defense loss on ``classifier(f*)``.
+
+        The defense compares like with like: where the clean logits at hand may come from another mode than the
+        defense pass (a head with BatchNorm or dropout), the clean reference is one more no-grad head forward in
+        the defense pass's mode (:mod:`~uda_perturb.defense_pass`), so at ``eps -> 0`` every defense loss -> 0.
+        """
         perturbed, stats, ctx = self.perturb(features, classifier, labels=labels, domain=domain,
                                              discriminator=discriminator, clean_logits=clean_logits,
                                              output_size=output_size, class_weights=class_weights,
-                                             pixel_weights=pixel_weights)
+                                             pixel_weights=pixel_weights, modules=modules)
+        heads = modules_behind(classifier, modules)
         attacks = self._attacks_for(discriminator)
-        groups = [attacks] if getattr(attacks[0].module, "gradient_free", False) else self._groups(attacks)
+        groups = self._groups(attacks)
         chunks = perturbed.chunk(len(groups)) if len(groups) > 1 else (perturbed,)
-        modules = [m for m in (classifier,) if isinstance(m, nn.Module)]
-        mode = frozen_state(*modules) if self.defense_bn_mode == "eval" else contextlib.nullcontext()
-        with mode:  # under ``separate``: one defense pass per objective's f*
-            adv = [logits_of(classifier, c) for c in chunks]
-        if self.track_attack_loss:
+        f0 = features.detach()
+        reference = needs_reference(heads, self.defense_bn_mode, clean_logits is not None, self.bn_mode)
+        adv, refs = defense_logits(classifier, chunks, f0, heads, self.defense_bn_mode, reference)
+        ctxs = [ctx] * len(adv) if refs is None else [replace(ctx, clean_logits=r) for r in refs]
+        if self.track_attack_loss and not _is_control(attacks):
             with torch.no_grad(), frozen_state(discriminator):  # attack loss at f*, from the defense's own pass
-                stats.attack_loss_after = sum(float(self._attack_loss(terms, ctx, c, a.detach()))
-                                              for terms, c, a in zip(groups, chunks, adv))
+                stats.attack_loss_after = sum(float(t.weight * t.module(c, x, a.detach())) for terms, c, x, a
+                                              in zip(groups, ctxs, chunks, adv) for t in terms)
+        if stats.objectives:
+            self._objective_losses(stats, groups, ctxs, f0, chunks, adv, discriminator, refs is not None)
         defenses = self._defenses_for(domain)
         if len(adv) == 1:
             adv_logits = adv[0]
-            losses = {t.name: t.weight * t.module(ctx, adv_logits) for t in defenses}
+            losses = {t.name: t.weight * t.module(ctxs[0], adv_logits) for t in defenses}
         else:  # the defense of each objective's f*, averaged
             adv_logits = torch.cat(adv)
-            losses = {t.name: t.weight * sum(t.module(ctx, a) for a in adv) / len(adv) for t in defenses}
+            losses = {t.name: t.weight * sum(t.module(c, a) for c, a in zip(ctxs, adv)) / len(adv) for t in defenses}
         total = sum(losses.values())
         return PerturbResult(perturbed, total, losses, stats, adv_logits)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _objective_losses(stats: PerturbStats, groups: list[list[Term]], ctxs: list[ObjectiveContext],
+                          f0: torch.Tensor, chunks: Sequence[torch.Tensor], adv: list[torch.Tensor],
+                          discriminator: Optional[nn.Module], new_reference: bool) -> None:
+        """Each objective's loss at ``f*`` from the defense pass's logits, and at the clean features from the
+        reference of the same mode when the attack's own clean value came from another mode (or a random start)."""
+        names = list(stats.objectives)
+        with torch.no_grad(), frozen_state(discriminator):
+            k = 0
+            for terms, c, x, a in zip(groups, ctxs, chunks, adv):
+                for t in terms:
+                    s = stats.objectives[names[k]]
+                    s.loss_perturbed = float(t.module(c, x, a.detach()))
+                    if new_reference or s.loss_clean != s.loss_clean:  # nan: not measured at f0
+                        s.loss_clean = float(t.module(c, f0, c.clean_logits))
+                    k += 1
+
+
+_Gradients = tuple[list[torch.Tensor], Optional[torch.Tensor], Optional[list[torch.Tensor]]]
+
+
+@dataclass
+class _Call:
+    """What one call passes through the attack: the classifier and the modules behind it, and the data."""
+
+    classifier: Classifier
+    heads: list[nn.Module]
+    labels: Optional[torch.Tensor]
+    domain: str
+    discriminator: Optional[nn.Module]
+    clean_logits: Optional[torch.Tensor]
+    output_size: Optional[tuple[int, int]]
+    class_weights: Optional[torch.Tensor]
+    pixel_weights: Optional[torch.Tensor]
+    align_corners: bool
+
+
+def _is_control(attacks: list[Term]) -> bool:
+    return bool(getattr(attacks[0].module, "gradient_free", False))
 
 
 def perturb_and_defend(features: torch.Tensor, classifier: Classifier, *, labels: Optional[torch.Tensor] = None,
@@ -372,7 +430,7 @@ def perturb_and_defend(features: torch.Tensor, classifier: Classifier, *, labels
                        eps: float = 0.1, steps: int = 1, clean_logits: Optional[torch.Tensor] = None,
                        output_size: Optional[tuple[int, int]] = None,
                        class_weights: Optional[torch.Tensor] = None, pixel_weights: Optional[torch.Tensor] = None,
-                       **settings: Any) -> PerturbResult:
+                       modules: Optional[Sequence[nn.Module]] = None, **settings: Any) -> PerturbResult:
     """Perturb each position of ``features`` adversarially and return the classifier's defense loss.
 
     Example::
@@ -386,13 +444,15 @@ def perturb_and_defend(features: torch.Tensor, classifier: Classifier, *, labels
     ``random_start``, ``project``, ``bn_mode``, ``discriminator_input``, ``attack_weights``, ...).
     ``class_weights`` weight the source ``ce`` defense per class, as the training's supervised CE does;
     ``pixel_weights`` weight its label pixels (self-training's mixed labels). ``attacks="random"`` or
-    ``"dropout"`` runs a gradient-free control instead of an attack, at the same radius.
+    ``"dropout"`` runs a gradient-free control instead of an attack, at the same radius. ``classifier`` may be
+    any callable from features to logits; the modules behind it are found and frozen during the attack
+    (``modules=[...]`` names them where they cannot be found).
     """
     check_settings(settings)
     perturber = Perturber(attacks, defenses, eps=eps, steps=steps, **settings)
     return perturber(features, classifier, labels=labels, domain=domain, discriminator=discriminator,
                      clean_logits=clean_logits, output_size=output_size, class_weights=class_weights,
-                     pixel_weights=pixel_weights)
+                     pixel_weights=pixel_weights, modules=modules)
 
 
 def check_settings(settings: dict[str, Any]) -> None:

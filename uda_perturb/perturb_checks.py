@@ -15,7 +15,7 @@ DOMAINS = ("source", "target")
 def check_inputs(features: torch.Tensor, labels: Optional[torch.Tensor], domain: str,
                  discriminator: Optional[nn.Module], attacks: list[Term], defenses: list[Term],
                  clean_logits: Optional[torch.Tensor] = None, output_size: Optional[tuple[int, int]] = None,
-                 discriminator_space: Any = "softmax") -> Optional[torch.Tensor]:
+                 discriminator_space: Any = "softmax", upsampled: bool = False) -> Optional[torch.Tensor]:
     """Refuse what the perturbation cannot use, with one line naming the fix. Returns the labels as integers
     (float labels holding whole numbers, as the references' loaders give them, are converted)."""
     if not isinstance(features, torch.Tensor) or features.dim() != 4:
@@ -53,10 +53,11 @@ def check_inputs(features: torch.Tensor, labels: Optional[torch.Tensor], domain:
                              "or 'pseudo_ce'")
     d_attack = any(getattr(t.module, "needs_discriminator", False) for t in attacks)
     at_features = clean_logits is None or tuple(clean_logits.shape[-2:]) == tuple(features.shape[-2:])
-    if d_attack and labels is None and output_size is None and discriminator_space != "features" and at_features:
+    if (d_attack and labels is None and output_size is None and discriminator_space != "features" and at_features
+            and not upsampled):
         raise ValueError("a discriminator attack without labels needs output_size=(H, W): the image size the "
-                         "discriminator judges (or clean_logits already at that size); without it D would see "
-                         "feature-resolution maps")
+                         "discriminator judges (or clean_logits already at that size, or upsample= your own "
+                         "upsampler); without it D would see feature-resolution maps")
     return labels
 
 

@@ -35,3 +35,10 @@ def random_start(f0: torch.Tensor, r: torch.Tensor, norm: str) -> torch.Tensor:
         u = torch.rand((f0.shape[0], 1, *f0.shape[2:]), device=f0.device)
         return d / (position_norm(d) + _TINY) * r * u
     return (torch.rand(f0.shape, device=f0.device) * 2 - 1) * r
+
+
+def advance(delta: torch.Tensor, direction: torch.Tensor, alpha: torch.Tensor, r: torch.Tensor, norm: str,
+            keep_in_ball: bool) -> torch.Tensor:
+    """One attack step: ``delta + alpha * direction``, projected onto each position's ball when ``keep_in_ball``."""
+    delta = delta + alpha * direction
+    return project(delta, r, norm) if keep_in_ball else delta

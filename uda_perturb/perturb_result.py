@@ -7,15 +7,18 @@ from typing import Optional
 
 import torch
 
-from .attack_combination import ObjectiveStats, position_norm
+from .attack_combination import position_norm
+from .objective_stats import ObjectiveStats
 
 _TINY = 1e-12
 
 
 @dataclass
 class PerturbStats:
-    """Summary of one perturbation: per-position L2 norms of ``f* - f``, the share of positions moved, and,
-    with several attack objectives, how each took part (``objectives``: name -> :class:`ObjectiveStats`)."""
+    """Summary of one perturbation: per-position L2 norms of ``f* - f``, the share of positions moved, what each
+    attack objective did (``objectives``: name -> :class:`~uda_perturb.objective_stats.ObjectiveStats`, its loss
+    at the clean features and at ``f*`` first), and ``direction_cosine``: ``{"a|b": mean cosine between objective
+    a's and b's own per-position directions}`` (1: they agree; near 0: unrelated; negative: they pull apart)."""
 
     mean_norm: float
     max_norm: float
@@ -24,6 +27,7 @@ class PerturbStats:
     attack_loss_before: float
     attack_loss_after: Optional[float] = None
     objectives: dict[str, ObjectiveStats] = field(default_factory=dict)
+    direction_cosine: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

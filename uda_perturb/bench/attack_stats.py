@@ -1,7 +1,9 @@
-"""Whether each attack objective steered a comparison's perturbations: the per-objective statistics the
-perturbation add-on logs (``perturb/{side}_{objective}_cos`` and ``_gnorm`` in ``metrics.jsonl``, see
-:class:`~uda_perturb.attack_combination.ObjectiveStats`), averaged over a run's logged iterations, then mean ± std
-over seeds. Methods that log none (one objective, or ``combine: sum``) are left out."""
+"""What each attack objective did in a comparison's perturbations: the per-objective statistics the perturbation
+add-on logs (``perturb/{side}_{objective}_clean``, ``_rise``, ``_cos``, ``_share`` and ``{side}_directions_cos`` in
+``metrics.jsonl``, see :class:`~uda_perturb.objective_stats.ObjectiveStats`), averaged over a run's logged
+iterations, then mean ± std over seeds. Methods that log none (controls) are left out. Runs made before these
+statistics existed logged ``_cos`` and ``_gnorm`` only; under ``balanced`` with equal weights their ``_cos`` is
+equal for both objectives by construction and says nothing about whether D acted, so it is not read."""
 from __future__ import annotations
 
 import json
@@ -11,16 +13,20 @@ from .report import _stats, mean_std
 from .runner import Run
 
 PREFIX = "perturb/"
-SUFFIXES = ("_cos", "_gnorm")
+STATISTICS = ("clean", "rise", "cos", "share")
+SUFFIXES = tuple(f"_{s}" for s in STATISTICS)
 
 
 def run_means(run: Run) -> dict[str, float]:
-    """``{side_objective_cos|gnorm: mean over the logged iterations}`` of one finished run."""
+    """``{side_objective_statistic: mean over the logged iterations}`` of one finished run (nothing for a run
+    logged before the loss statistics existed: see the module docstring)."""
     sums: dict[str, list[float]] = {}
     for line in (run.run_dir / "metrics.jsonl").read_text().splitlines():
         for key, value in json.loads(line).items():
             if key.startswith(PREFIX) and key.endswith(SUFFIXES):
                 sums.setdefault(key[len(PREFIX):], []).append(float(value))
+    if not any(k.endswith("_rise") for k in sums):
+        return {}
     return {k: sum(v) / len(v) for k, v in sums.items()}
 
 
@@ -36,12 +42,14 @@ def objective_stats(runs: Sequence[Run]) -> dict[str, dict[str, dict[str, float]
 
 
 def objective_table(stats: dict[str, dict[str, dict[str, float]]]) -> str:
-    """Markdown: a row per method and statistic (mean over training, then mean ± std over seeds)."""
-    lines = ["| method | domain and objective | cosine(step, its direction) | its gradient norm / the largest |",
-             "|---|---|---|---|"]
+    """Markdown: a row per method, domain and objective (mean over training, then mean ± std over seeds): its
+    loss at clean features, its rise at f* (the attack's effect), the step's cosine with its direction and its
+    gradient-norm share ('-': not measured, e.g. the cosines under ``sum``)."""
+    lines = ["| method | domain and objective | loss at clean | rise at f* | cosine(step, its direction) | "
+             "gradient-norm share |", "|---|---|---|---|---|---|"]
     for label, s in stats.items():
-        for name in sorted({k.rsplit("_", 1)[0] for k in s}):
-            cos, gnorm = s.get(f"{name}_cos"), s.get(f"{name}_gnorm")
-            lines.append(f"| {label} | {name.replace('_', ' ')} | {mean_std(cos, 2) if cos else '-'} | "
-                         f"{mean_std(gnorm, 2) if gnorm else '-'} |")
+        for name in sorted({k.rsplit("_", 1)[0] for k in s if not k.endswith("directions_cos")}):
+            cells = [s.get(f"{name}_{stat}") for stat in STATISTICS]
+            lines.append(f"| {label} | {name.replace('_', ' ')} | "
+                         + " | ".join(mean_std(c, 3 if i < 2 else 2) if c else "-" for i, c in enumerate(cells)) + " |")
     return "\n".join(lines)

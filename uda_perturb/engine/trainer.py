@@ -124,15 +124,15 @@ def progress_line(iteration: int, stop: int, logs: dict[str, float], seconds: fl
     eta = int(per_it * (stop - iteration))
     terms = ", ".join(f"{k} {v:.3g}" for k, v in losses.items())
     return (f"iter {iteration}/{stop}  loss {sum(losses.values()):.4g} ({terms})  lr {logs.get('lr', 0.0):.2e}  "
-            f"s/it {per_it:.2f}  eta {eta // 60}m{eta % 60:02d}s{attack_cosines(logs)}")
+            f"s/it {per_it:.2f}  eta {eta // 60}m{eta % 60:02d}s{attack_rises(logs)}")
 
 
-def attack_cosines(logs: dict[str, float]) -> str:
-    """``  attack cos source/classifier 0.71 source/discriminator 0.70``: how much each attack objective steers
-    the perturbation (near 0: it does not act); empty without several objectives."""
-    parts = [f"{k[len('perturb/'):-len('_cos')].replace('_', '/', 1)} {v:.2f}" for k, v in logs.items()
-             if k.startswith("perturb/") and k.endswith("_cos")]
-    return f"  attack cos {' '.join(parts)}" if parts else ""
+def attack_rises(logs: dict[str, float]) -> str:
+    """``  attack rise source/classifier +0.12 source/discriminator +3.4``: how much the attack raised each
+    objective's loss at f* over clean (0: that objective did nothing); empty without a gradient attack."""
+    parts = [f"{k[len('perturb/'):-len('_rise')].replace('_', '/', 1)} {v:+.3g}" for k, v in logs.items()
+             if k.startswith("perturb/") and k.endswith("_rise")]
+    return f"  attack rise {' '.join(parts)}" if parts else ""
 
 
 class Trainer:
@@ -354,7 +354,7 @@ class Trainer:
                 bar.update(1)
                 if self.iteration % max(cfg.train.log_every, 1) == 0 or self.iteration == stop:
                     bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in logs.items()
-                                     if k.startswith("g/") or k == "lr" or k.endswith("_cos")}, refresh=False)
+                                     if k.startswith("g/") or k == "lr" or k.endswith("_rise")}, refresh=False)
                     self._log({"iteration": self.iteration, "time": self.train_seconds + self._segment_seconds(),
                                **logs}, writer)
                     if plain:

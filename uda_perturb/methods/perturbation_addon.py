@@ -14,7 +14,9 @@ from torch import nn
 
 from ..losses import SOURCE_LABEL, TARGET_LABEL, bce_to, upsample
 from ..models.segmentor import SegmentorOutput
+from ..objective_stats import finite
 from ..perturb import Perturber
+from ..perturb_result import PerturbStats
 from ..registry import ADDONS
 from .base import StepState, UDAMethod
 
@@ -43,9 +45,10 @@ class PerturbationAddon(nn.Module):
             half of the step's direction (``sum``: the earlier rule, where the classifier's much larger gradient
             decides alone).
 
-    With several attack objectives the step statistics ``{side}_{objective}_cos`` (mean cosine between the step
-    and that objective's own gradient) and ``{side}_{objective}_gnorm`` (its gradient's norm over the largest
-    one's) go to ``metrics.jsonl`` and the progress line, so a run shows whether the discriminator acts.
+    What each attack objective did goes to ``metrics.jsonl`` (:func:`objective_metrics`): its loss at the clean
+    features (``{side}_{objective}_clean``) and its rise at ``f*`` (``_rise``: the attack's effect, also on the
+    progress line), and where measured the step's cosine with its direction (``_cos``), its gradient-norm share
+    (``_share``) and the cosine between the objectives' own directions (``{side}_directions_cos``).
     """
 
     def __init__(self, lambda_source: float = 1.0, lambda_target: float = 0.1, lambda_mixed: Optional[float] = None,
@@ -138,9 +141,7 @@ class PerturbationAddon(nn.Module):
             stats[f"{name}_moved"] = res.stats.fraction_perturbed
             if res.stats.attack_loss_after is not None:
                 stats[f"{name}_attack_gain"] = res.stats.attack_loss_after - res.stats.attack_loss_before
-            for objective, part in res.stats.objectives.items():  # is each objective acting? (cosine near 0: no)
-                stats[f"{name}_{objective}_cos"] = part.step_cosine
-                stats[f"{name}_{objective}_gnorm"] = part.grad_norm_ratio
+            stats.update(objective_metrics(name, res.stats))
             if level == "main":
                 self._adv_logits[name] = res.adv_logits.detach()
                 self._perturbed[name] = res.perturbed
@@ -156,3 +157,18 @@ class PerturbationAddon(nn.Module):
         for domain, size in (("source", state.source_size), ("target", state.target_size)):
             views.append(method.discriminator_view(self._perturbed[domain], upsample(self._adv_logits[domain], size)))
         return {"d_perturbed": 0.5 * bce_to(disc(views[0]), SOURCE_LABEL) + 0.5 * bce_to(disc(views[1]), TARGET_LABEL)}
+
+
+def objective_metrics(side: str, stats: PerturbStats) -> dict[str, float]:
+    """The measured per-objective statistics of one perturbation as flat metrics (unmeasured ones left out)."""
+    out: dict[str, float] = {}
+    for objective, part in stats.objectives.items():
+        for suffix, value in (("clean", part.loss_clean), ("rise", part.rise), ("cos", part.step_cosine),
+                              ("share", part.grad_share)):
+            if finite(value):
+                out[f"{side}_{objective}_{suffix}"] = value
+    if len(stats.direction_cosine) == 1:
+        (value,) = stats.direction_cosine.values()
+        if finite(value):
+            out[f"{side}_directions_cos"] = value
+    return out

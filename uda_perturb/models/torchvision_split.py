@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torchvision.models.segmentation import FCN, LRASPP, DeepLabV3
 
+from ..classifier_modules import ALIGN_CORNERS_TAG
 from ..losses import upsample
 
 Features = Union[torch.Tensor, dict[str, torch.Tensor]]
@@ -19,6 +20,9 @@ class TorchvisionSplit(nn.Module):
     DeepLabV3 / FCN: ``features`` is a tensor (the backbone's ``"out"``), ``classify`` is ``model.classifier``.
     LRASPP: its head reads two maps, so ``features`` is ``{"low", "high"}``; use ``classifier_for(features)``
     to get a tensor-to-logits callable on ``"high"`` for ``perturb_and_defend``.
+
+    torchvision upsamples logits with ``align_corners=False``; the view tags its heads so, and ``perturb_and_defend``
+    builds its pixel-size maps (D's input, the pixel losses) the same way whichever of the view's callables it gets.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -27,6 +31,9 @@ class TorchvisionSplit(nn.Module):
             raise TypeError(f"expected a torchvision DeepLabV3, FCN or LRASPP model, got {type(model).__name__}")
         self.model = model
         self.is_lraspp = isinstance(model, LRASPP)
+        for head in (self, model.classifier, getattr(model, "aux_classifier", None)):
+            if head is not None:
+                setattr(head, ALIGN_CORNERS_TAG, False)
 
     @property
     def classifier(self) -> nn.Module:
@@ -70,8 +77,8 @@ class TorchvisionSplit(nn.Module):
         return features["high"] if self.is_lraspp else features  # type: ignore[index,return-value]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``model(x)["out"]``: torchvision upsamples with ``align_corners=False``; pass ``align_corners=False`` to
-        ``perturb_and_defend`` too, to compute its pixel losses the same way."""
+        """``model(x)["out"]``: torchvision upsamples with ``align_corners=False`` (``perturb_and_defend`` follows the
+        view's tag and does the same)."""
         return upsample(self.classify(self.features(x)), tuple(x.shape[-2:]), align_corners=False)
 
 
