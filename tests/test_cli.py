@@ -18,13 +18,22 @@ def test_list_prints_every_registry(capsys):
     assert err.startswith("uda-perturb: error: unknown kind 'atacks'; did you mean 'attacks'?") and "recipes" in err
 
 
-def test_demo_quick_trains_both_methods_and_writes_the_comparison(tmp_path, capsys):
-    assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
+def test_demo_quick_trains_every_method_says_its_threads_and_writes_the_comparison(tmp_path, capsys):
+    import torch
+
+    from uda_perturb import cli, demo
+
+    threads = torch.get_num_threads()
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress", "--threads", "1"]) == 0
     out = capsys.readouterr().out
+    assert out.startswith("demo: 1 torch threads (set so that its numbers are the same on every machine")
+    assert torch.get_num_threads() == threads  # put back
     assert "| source_only |" in out and "| apoda |" in out and "Target (dusk) test" in out
     data = json.loads((tmp_path / "comparison.json").read_text())
-    assert set(data) == {"warm_start", "source_only", "bn_control", "apoda"} and "Read it as" in out
-    assert set(data["apoda"]["target_test"]["iou"]) >= {"road", "pole", "person"}
+    assert set(data) == {"0"} and set(data["0"]) == {"warm_start", "source_only", "bn_control", "apoda"}
+    assert set(data["0"]["apoda"]["target_test"]["iou"]) >= {"road", "pole", "person"}
+    assert "One seed measures no spread" in out and "Read it as" in out
+    assert (cli.DEMO_SEEDS, cli.DEMO_THREADS) == (demo.DEMO_SEEDS, demo.DEMO_THREADS)
 
 
 def test_train_eval_predict_roundtrip(tmp_path, capsys):

@@ -42,3 +42,13 @@ def test_dotted_overrides_parse_yaml_values():
 def test_missing_recipe_suggests():
     with pytest.raises(FileNotFoundError, match="Did you mean synthetic_demo"):
         load_config("synthetic_dem")
+
+
+def test_the_v4_recipe_builds_the_network_v4s_comparison_trained():
+    from uda_perturb.bench.setups import SETUPS
+
+    shipped = load_config("camvid_rendered2real_v4")
+    setup = SETUPS["camvid_rendered_v4"]
+    overridden = load_config(setup["recipe"], setup["overrides"])
+    assert shipped.model == overridden.model and shipped.model.backbone_options["output_stride"] == 16
+    assert shipped.data == overridden.data and shipped.train == overridden.train

@@ -8,12 +8,12 @@ from torch import nn
 
 import uda_perturb as up
 from uda_perturb.config import RareClassSamplingConfig, TransformConfig
-from uda_perturb.data.rare_class_sampling import DAFORMER_TRAINING_SCALE, crop_thresholds
+from uda_perturb.data.rare_class_sampling import DAFORMER_TRAINING_SCALE, crop_thresholds, image_thresholds
 from uda_perturb.data.transforms import RandomScaleCrop
 from uda_perturb.engine.distributed import DistInfo
 from uda_perturb.engine.loaders import stream
 from uda_perturb.engine.optim import build_optimizers
-from uda_perturb.errors import ConfigError
+from uda_perturb.errors import ConfigError, DataError
 from uda_perturb.methods import build_method
 from uda_perturb.methods.feature_distance import ImageNetFeatureDistance
 
@@ -116,3 +116,65 @@ def test_imnet_fd_refuses_a_backbone_without_imagenet_weights_by_any_route():
     seg = up.build_segmentor("conv1x1", backbone="lite", num_classes=3, backbone_kwargs={"width": 8})
     with pytest.raises(ConfigError, match="imnet_fd needs a backbone with ImageNet weights"):
         ImageNetFeatureDistance().imagenet_copy(seg.backbone)
+
+
+class _Few(torch.utils.data.Dataset):
+    """Four 40 x 40 labels (1,600 pixels, 0.08% of a GTA5 label) holding 0, 5, 20 and 200 pixels of class 1; each
+    image is filled with its index, so a batch says which image it is."""
+
+    ones = (0, 5, 20, 200)
+
+    def __len__(self):
+        return 4
+
+    def read_label(self, i):
+        label = torch.zeros(40, 40, dtype=torch.long)
+        label.view(-1)[:self.ones[i]] = 1
+        return label
+
+    def __getitem__(self, i):
+        return {"image": torch.full((3, 40, 40), float(i)), "label": self.read_label(i)}
+
+
+def test_rare_class_sampling_counts_min_pixels_at_each_images_label_scale():
+    # 10,000 GTA5-label pixels are 7.9 pixels of a 40 x 40 label: images 2 and 3 hold class 1 enough, image 1 not
+    assert image_thresholds([1600], 10_000)[0] == pytest.approx(10_000 * 1600 / (1914 * 1052))
+    assert image_thresholds([1914 * 1052], 3000)[0] == pytest.approx(3000)  # DAFormer's own count on GTA5
+    rcs = RareClassSamplingConfig(temperature=0.01, min_pixels=10_000)
+    it = stream(_Few(), 1, 0, 0, DistInfo(), rare_class_sampling=rcs, num_classes=2)
+    drawn = [int(next(it)["image"][0, 0, 0, 0]) for _ in range(40)]
+    assert set(drawn) <= {0, 1, 2, 3} and {2, 3} <= set(drawn)  # class 1 (rare: most draws) from images 2 and 3
+    assert sum(i in (2, 3) for i in drawn) > 30
+    # counted as is (DAFormer's SYNTHIA config), no image here holds 10,000 pixels of anything
+    as_is = RareClassSamplingConfig(temperature=0.01, min_pixels=10_000, min_pixels_scale="none")
+    with pytest.raises(DataError, match="no image holds more than 10000 pixels of any class; lower "
+                                        "data.rare_class_sampling.min_pixels"):
+        next(stream(_Few(), 1, 0, 0, DistInfo(), rare_class_sampling=as_is, num_classes=2))
+    with pytest.raises(ConfigError, match="min_pixels_scale' must be label_area or none, got 'area'"):
+        tiny_config("source_only", "data.rare_class_sampling={min_pixels_scale: area}")
+
+
+def test_cat_max_ratio_redraws_a_crop_that_one_class_fills_as_daformers_source_crop():
+    label = torch.zeros(40, 40, dtype=torch.long)
+    label[30:, 30:] = 1  # class 1 in one corner: most 20 x 20 crops hold class 0 alone
+    label[:5, :] = 255
+    crop = RandomScaleCrop((20, 20), (1.0, 1.0), cat_max_ratio=0.75)
+    for seed in range(20):
+        torch.manual_seed(seed)
+        _, got = crop(torch.zeros(3, 40, 40), label)
+        # the rule written out: the scale draw, then windows until one passes (11 draws at most)
+        torch.manual_seed(seed)
+        torch.rand(())
+        for _ in range(11):
+            y, x = int(torch.randint(0, 21, ())), int(torch.randint(0, 21, ()))
+            window = label[y:y + 20, x:x + 20]
+            _, counts = window[window != 255].unique(return_counts=True)
+            if len(counts) > 1 and counts.max() / counts.sum() < 0.75:
+                break
+        assert torch.equal(got, window)
+    # off by default; the recipe key reaches the source crop
+    assert RandomScaleCrop((20, 20)).cat_max_ratio is None
+    cfg = tiny_config("source_only", "data.source.transforms.crop=[16, 16]",
+                      "data.source.transforms.cat_max_ratio=0.75")
+    built = up.engine.loaders.build_dataset(cfg.data.source, train=True)
+    assert [t.cat_max_ratio for t in built.transform.transforms if isinstance(t, RandomScaleCrop)] == [0.75]

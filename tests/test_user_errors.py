@@ -85,3 +85,39 @@ def test_checkpoints_are_read_by_content_and_failures_name_the_file(tmp_path, ca
     capsys.readouterr()
     assert main(["eval", "synthetic_demo", *sets, "--checkpoint", str(truncated)]) == 2
     assert str(truncated) in capsys.readouterr().err
+
+
+def test_an_option_value_refused_is_one_line_exit_2_and_leaves_no_run_folder(tmp_path, capsys):
+    for sets, message in (
+            (["method.name=apoda", "method.options.perturbation.combine=summ"],
+             "uda-perturb: error: config key 'method.options.perturbation': combine must be one of ('balanced', "
+             "'sum', 'separate'), got 'summ'"),
+            (["method.name=source_only", "method.addons=[{name: perturbation, norm: l3}]"],
+             "uda-perturb: error: config key 'method.addons[0]': norm must be one of ('l2', 'linf'), got 'l3'"),
+            (["method.name=dacs", "method.options.teacher_bn=stord"],
+             "uda-perturb: error: method 'dacs' refused its settings (method.options, method.addons): teacher "
+             "BatchNorm mode must be one of ('batch', 'stored'), got 'stord'")):
+        run = tmp_path / "r"
+        args = ["train", "synthetic_demo", "--run-dir", str(run), "--no-progress"]
+        assert main(args + [x for s in sets for x in ("--set", s)]) == 2
+        assert capsys.readouterr().err.strip() == message
+        assert not run.exists()
+
+
+def test_eval_takes_a_run_folder_finished_or_still_going_and_says_which_file(tmp_path, capsys):
+    run = tmp_path / "run"
+    Trainer(tiny_config("source_only", "train.iters=1"), run, progress=False).fit()
+    sets = ["--set", "model.backbone_options={width: 8}", "--set", "model.head=conv1x1", "--set",
+            "model.head_options={}", "--set", "data.eval.target_test.options.length=2", "--set",
+            "data.eval.source_test.options.length=2"]
+    assert main(["eval", "synthetic_demo", *sets, "--checkpoint", str(run)]) == 0
+    finished = capsys.readouterr()
+    assert f"using {run / 'segmentor.pt'} (the finished run's weights)" in finished.err
+    (run / "segmentor.pt").unlink()  # as a run still going has it
+    assert main(["eval", "synthetic_demo", *sets, "--checkpoint", str(run)]) == 0
+    going = capsys.readouterr()
+    assert f"using {run / 'checkpoint.pt'} (the run's latest save" in going.err
+    assert going.out == finished.out  # the same weights: one iteration, saved in both
+    (run / "checkpoint.pt").unlink()
+    assert main(["eval", "synthetic_demo", *sets, "--checkpoint", str(run)]) == 2
+    assert "holds neither segmentor.pt (a finished run's weights) nor checkpoint.pt" in capsys.readouterr().err

@@ -32,14 +32,16 @@ def unit_direction(g: torch.Tensor, norm: str) -> torch.Tensor:
     return g.sign()
 
 
-def objective_gradients(values: Sequence[torch.Tensor], f: torch.Tensor, scale: float) -> list[torch.Tensor]:
+def objective_gradients(values: Sequence[torch.Tensor], f: torch.Tensor, scale: float,
+                        keep_graph: bool = False) -> list[torch.Tensor]:
     """``d values[o] / d f`` for each objective (float32; zeros where an objective does not depend on ``f``).
 
-    One backward through the shared graph per objective, the graph kept until the last: on CPU this was faster
-    than one vmapped backward of all objectives (``is_grads_batched``), see ``benchmarks/perturb_overhead.py``."""
+    One backward through the shared graph per objective, the graph kept until the last (or after it too with
+    ``keep_graph``: the caller's graph): on CPU this was faster than one vmapped backward of all objectives
+    (``is_grads_batched``), see ``benchmarks/perturb_overhead.py``."""
     grads = []
     for i, v in enumerate(values):
-        (g,) = torch.autograd.grad(v * scale, f, retain_graph=i < len(values) - 1, allow_unused=True)
+        (g,) = torch.autograd.grad(v * scale, f, retain_graph=keep_graph or i < len(values) - 1, allow_unused=True)
         grads.append(torch.zeros_like(f, dtype=torch.float32) if g is None else g.float())
     return grads
 

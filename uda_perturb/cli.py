@@ -41,10 +41,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _load_segmentor(cfg, checkpoint: str):
     from .engine import build_model
-    from .engine.checkpoint import load_segmentor_state
+    from .engine.checkpoint import load_segmentor_state, segmentor_file
     from .errors import CheckpointError
     from .models.weights import checkpoint_format
 
+    if Path(checkpoint).is_dir():
+        chosen = segmentor_file(checkpoint)
+        what = ("the finished run's weights" if chosen.name == "segmentor.pt" else
+                "the run's latest save: segmentor.pt is written when the run ends")
+        print(f"using {chosen} ({what})", file=sys.stderr)
+        checkpoint = str(chosen)
     seg = build_model(cfg)
     state = load_segmentor_state(checkpoint)
     if checkpoint_format(state) in ("deeplabv2", "deeplabv2_vgg"):  # a model trained by AdaptSegNet / ADVENT
@@ -180,6 +186,11 @@ def _palette_for(cfg):
     return [tuple(int(v) for v in rng.integers(0, 255, 3)) for _ in range(cfg.model.num_classes)]
 
 
+DEMO_SEEDS, DEMO_THREADS = (0, 1, 2), 2  # as uda_perturb.demo (not imported here: it loads torch)
+CHECKPOINT_HELP = ("a run folder (its segmentor.pt, the final weights, or while it runs its checkpoint.pt, the "
+                   "latest save), or either file")
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     """``uda-perturb list``: registry contents and packaged recipes."""
     import uda_perturb as up
@@ -209,8 +220,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``uda-perturb demo``: the README's main job."""
     from .demo import run_demo
 
-    run_demo(args.out, iters=args.iters if not args.quick else 20, seed=args.seed, progress=not args.no_progress,
-             adapt_iters=args.adapt_iters if not args.quick else 6)
+    run_demo(args.out, iters=args.iters if not args.quick else 20, seeds=args.seeds if not args.quick else [0],
+             progress=not args.no_progress, adapt_iters=args.adapt_iters if not args.quick else 6,
+             threads=args.demo_threads)
     return 0
 
 
@@ -243,11 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval", help="evaluate a checkpoint on the recipe's eval splits (per-class IoU)")
     _add_config_args(p)
-    p.add_argument("--checkpoint", required=True, help="checkpoint.pt or segmentor.pt of a run")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("predict", help="colour-coded predictions and overlays for images")
     _add_config_args(p)
-    p.add_argument("--checkpoint", required=True, help="checkpoint.pt or segmentor.pt of a run")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--out", default="predictions", help="folder for <image>_pred.png and <image>_overlay.png")
     p.add_argument("images", nargs="+", help="image files, or folders standing for the images in them")
     p.set_defaults(func=cmd_predict)
@@ -256,14 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
                                            "datasets, addons or recipes")
     p.add_argument("--include", default="*", help="fnmatch filter")
     p.set_defaults(func=cmd_list)
-    p = sub.add_parser("demo", help="warm-start source-only on the embedded synthetic data, then compare "
-                       "source-only and APODA trained on from it")
+    p = sub.add_parser("demo", help="per seed, warm-start source-only on the embedded synthetic data, then "
+                       "compare source-only, a BatchNorm control and APODA trained on from it")
     p.add_argument("--iters", type=int, default=300, help="warm-start iterations")
     p.add_argument("--adapt-iters", type=int, default=None, help="iterations of each method after the warm start "
                    "(default iters / 3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=list(DEMO_SEEDS), help="seeds, each with its own warm "
+                   "start; the reading names a difference a finding only beyond twice its spread over them")
+    p.add_argument("--threads", dest="demo_threads", type=int, default=DEMO_THREADS, help="torch threads (default "
+                   f"{DEMO_THREADS}: the numbers depend on it, so the demo fixes it)")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--quick", action="store_true", help="20 iterations: a smoke test")
+    p.add_argument("--quick", action="store_true", help="20 iterations, seed 0: a smoke test")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("bench", help="method comparison benchmark (see benchmarks/compare.py)")

@@ -35,6 +35,7 @@ class TransformConfig:
     photometric: bool = False
     normalize: str = "imagenet"
     interpolation: str = "bilinear"
+    cat_max_ratio: Optional[float] = None  # DAFormer's source crop rule (0.75 there); off by default
 
 
 @dataclass
@@ -51,11 +52,15 @@ class DatasetConfig:
 
 @dataclass
 class RareClassSamplingConfig:
-    """DAFormer's rare-class sampling of source images (temperature, min pixels per image, crop ratio)."""
+    """DAFormer's rare-class sampling of source images (temperature, min pixels per image, crop ratio).
+    ``min_pixels`` counts pixels of a GTA5 label at full resolution (1914 x 1052, DAFormer's); with
+    ``min_pixels_scale: label_area`` (default) it is scaled to each image's label area (CamVid's 480 x 360: 257),
+    ``none`` counts it as is on any dataset (DAFormer's SYNTHIA config does)."""
 
     temperature: float = 0.01
     min_pixels: int = 3000
     min_crop_ratio: float = 0.5
+    min_pixels_scale: str = "label_area"
 
 
 @dataclass
@@ -237,6 +242,14 @@ def build_config(data: dict) -> ExperimentConfig:
         hint = " (did you mean 'median_frequency'?)" if close else ""
         raise ConfigError(f"config key 'train.class_weights' must be null, median_frequency or a list of floats, "
                           f"got {cfg.train.class_weights!r}{hint}")
+    rcs = cfg.data.rare_class_sampling
+    if rcs is not None and rcs.min_pixels_scale not in ("label_area", "none"):
+        raise ConfigError("config key 'data.rare_class_sampling.min_pixels_scale' must be label_area or none, got "
+                          f"{rcs.min_pixels_scale!r}")
+    for key, d in dataset_entries(cfg):
+        ratio = d.transforms.cat_max_ratio
+        if ratio is not None and not 0.0 < ratio <= 1.0:
+            raise ConfigError(f"config key '{key}.transforms.cat_max_ratio' must be in (0, 1], got {ratio}")
     check_config_options(cfg)
     return cfg
 

@@ -79,6 +79,7 @@ def check_config_options(cfg: Any) -> None:
     if isinstance(perturbation, Mapping):
         check_options(ADDONS.get("perturbation"), perturbation, "method.options.perturbation", forward=Perturber,
                       what="the perturbation add-on")
+        check_values(ADDONS.get("perturbation"), perturbation, "method.options.perturbation")
     for i, spec in enumerate(cfg.method.addons):
         name = spec if isinstance(spec, str) else spec.get("name") if isinstance(spec, Mapping) else None
         if not isinstance(name, str):
@@ -88,8 +89,18 @@ def check_config_options(cfg: Any) -> None:
             settings = {k: v for k, v in spec.items() if k != "name"}
             check_options(addon, settings, f"method.addons[{i}]", forward=Perturber if name == "perturbation"
                           else None, what=f"add-on {name!r}")
+            check_values(addon, settings, f"method.addons[{i}]")
     for key, d in dataset_entries(cfg):
         check_options(get(DATASETS, d.name, f"{key}.name"), d.options, f"{key}.options", what=f"dataset {d.name!r}")
+
+
+def check_values(factory: Callable[..., Any], settings: Mapping[str, Any], key: str) -> None:
+    """Build ``factory(**settings)`` once (an add-on needs no model), so that a value it refuses (``combine:
+    summ``) is a ``ConfigError`` naming the key when the recipe is read, not a traceback once a run has begun."""
+    try:
+        factory(**settings)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"config key {key!r}: {exc}") from None
 
 
 def dataset_entries(cfg: Any) -> list[tuple[str, Any]]:

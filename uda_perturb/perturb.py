@@ -23,6 +23,7 @@ from .attack_combination import (
 )
 from .classifier_modules import align_corners_of, modules_behind
 from .defense_pass import defense_logits, needs_reference
+from .first_step import FIRST_STEP_MODES, can_reuse
 from .losses import IGNORE_INDEX
 from .model_state import frozen_state
 from .models.discriminators import DISCRIMINATOR_INPUTS, DiscriminatorSpace
@@ -92,6 +93,12 @@ class Perturber(nn.Module):
             the defense over them, so it costs one more defense pass (classifier forward and backward) per extra
             objective. ``perturbed`` and ``adv_logits`` then hold the objectives' results one after another
             along the batch dimension (``n_objectives * B``), in the order of ``attacks``.
+        first_step: where the first attack step's gradients come from: ``"auto"`` (default) the graph of the
+            caller's ``clean_logits`` (a backward through it, kept for the caller's own; no head forward here)
+            where they were computed from ``features`` and the head has no train-mode BatchNorm or dropout, so
+            that the two are the same function, else the attack's own forward; ``"caller"``: the caller's graph
+            wherever it connects, BatchNorm and dropout in the caller's mode; ``"own"``: always the attack's own
+            forward (:mod:`~uda_perturb.first_step`).
         objective_stats: fill ``stats.objectives`` (:class:`~uda_perturb.objective_stats.ObjectiveStats`: each
             objective's loss at the clean features and at ``f*``, the step's cosine with its direction, its
             gradient-norm share) and ``stats.direction_cosine``. ``None`` (default): the losses always (at most
@@ -109,7 +116,8 @@ class Perturber(nn.Module):
                  ignore_index: int = IGNORE_INDEX, channels_last: Optional[bool] = True,
                  track_attack_loss: bool = False, combine: str = "balanced",
                  objective_stats: Optional[bool] = None, defense_bn_mode: str = "train",
-                 align_corners: Optional[bool] = None, upsample: Optional[Upsampler] = None) -> None:
+                 align_corners: Optional[bool] = None, upsample: Optional[Upsampler] = None,
+                 first_step: str = "auto") -> None:
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -133,6 +141,8 @@ class Perturber(nn.Module):
                             f"{type(upsample).__name__}")
         if upsample is not None and align_corners is not None:
             raise ValueError("pass upsample= or align_corners=, not both: the upsampler decides how logits are resized")
+        if first_step not in FIRST_STEP_MODES:
+            raise ValueError(f"first_step must be one of {FIRST_STEP_MODES}, got {first_step!r}")
         if defense_bn_mode not in ("train", "eval"):
             raise ValueError(f"defense_bn_mode must be 'train' or 'eval', got {defense_bn_mode!r}")
         self.eps, self.steps, self.norm, self.eps_mode = float(eps), int(steps), norm, eps_mode
@@ -142,6 +152,7 @@ class Perturber(nn.Module):
         self.channels_last, self.track_attack_loss = channels_last, track_attack_loss
         self.combine, self.objective_stats = combine, objective_stats
         self.defense_bn_mode, self.align_corners, self.upsample = defense_bn_mode, align_corners, upsample
+        self.first_step = first_step
         self._attack_spec, self._defense_spec = attacks, defenses
         self._attack_weights, self._defense_weights = attack_weights, defense_weights
         self.attack_terms = resolve(ATTACKS, attacks, attack_weights) if attacks is not None else None
@@ -182,21 +193,39 @@ class Perturber(nn.Module):
         return f.requires_grad_(True)
 
     def _gradients(self, terms: list[Term], ctx: ObjectiveContext, f: torch.Tensor, logits: torch.Tensor,
-                   scale: float, want_each: bool) -> _Gradients:
+                   scale: float, want_each: bool, keep_graph: bool = False) -> _Gradients:
         """``(each objective's unweighted value, the summed gradient or None, each weighted term's gradient or
         None)`` at ``f``: the summed one for one objective or ``sum``, each one's under ``balanced`` (and for the
         statistics when ``want_each``). Scaling the loss by the number of positions keeps fp16 gradients of a
-        pixel-mean loss from underflowing; the direction is normalised, so the scale does not change it."""
+        pixel-mean loss from underflowing; the direction is normalised, so the scale does not change it.
+        ``keep_graph``: the graph is the caller's (the first step from its forward), kept for its backward."""
         raw = [t.module(ctx, f, logits) for t in terms]
         weighted = [t.weight * v for t, v in zip(terms, raw)]
         if len(terms) > 1 and self.combine != "sum":  # weighted: a negative weight turns its direction round
-            return raw, None, objective_gradients(weighted, f, scale)
+            return raw, None, objective_gradients(weighted, f, scale, keep_graph)
         loss = cast(torch.Tensor, sum(weighted))
         each = want_each and len(terms) > 1
-        (g,) = torch.autograd.grad(loss * scale, f, retain_graph=each)
+        (g,) = torch.autograd.grad(loss * scale, f, retain_graph=each or keep_graph)
         if each:
-            return raw, g.float(), objective_gradients(weighted, f, scale)
+            return raw, g.float(), objective_gradients(weighted, f, scale, keep_graph)
         return raw, g.float(), [g.float()] if len(terms) == 1 else None
+
+    def _first_pass(self, attacks: list[Term], groups: list[list[Term]], f0: torch.Tensor, delta: torch.Tensor,
+                    call: _Call, reuse: bool, scale: float,
+                    want_each: bool) -> tuple[ObjectiveContext, list[_Gradients]]:
+        """Step 0 from one point for every group: the caller's own graph (``reuse``: no forward here) or one
+        forward at f0 that every objective shares (``separate``: one gradient per objective)."""
+        if reuse:
+            f, logits = call.features, cast(torch.Tensor, call.clean_logits)
+        else:
+            f = self._attack_point(f0, delta)
+            logits = logits_of(call.classifier, f)
+        ctx = self._context(call, f0, logits)
+        if len(groups) == 1:
+            return ctx, [self._gradients(attacks, ctx, f, logits, scale, want_each, keep_graph=reuse)]
+        raw, _, each = self._gradients(attacks, ctx, f, logits, scale, want_each=True, keep_graph=reuse)
+        assert each is not None
+        return ctx, [([raw[i]], each[i], [each[i]]) for i in range(len(groups))]
 
     def _combined(self, terms: list[Term], summed: Optional[torch.Tensor],
                   units: Optional[list[tuple[torch.Tensor, torch.Tensor]]], each: Optional[list[torch.Tensor]]
@@ -242,8 +271,8 @@ class Perturber(nn.Module):
         labels = check_inputs(features, labels, domain, discriminator, attacks, self._defenses_for(domain),
                               clean_logits, output_size, self.discriminator_input, self.upsample is not None)
         heads = modules_behind(classifier, modules)
-        call = _Call(classifier, heads, labels, domain, discriminator, clean_logits, output_size, class_weights,
-                     pixel_weights, self._align(heads))
+        call = _Call(features, classifier, heads, labels, domain, discriminator, clean_logits, output_size,
+                     class_weights, pixel_weights, self._align(heads))
         if _is_control(attacks):
             return self._control(attacks[0], features.detach(), call)
         return self._attack(attacks, features.detach(), call, measure)
@@ -255,6 +284,8 @@ class Perturber(nn.Module):
         groups = self._groups(attacks)
         tracker = ObjectiveTracker([t.name for t in attacks]) if self.objective_stats is not False else None
         want_each = tracker is not None and len(attacks) > 1 and (self.combine != "sum" or bool(self.objective_stats))
+        # before the freeze: whether the caller's graph was made in a mode that matters
+        reuse = can_reuse(self.first_step, call.heads, call.features, call.clean_logits, self.random_start)
         with frozen_state(*call.heads, call.discriminator, bn_mode=self.bn_mode), torch.enable_grad():
             r, alpha = self._radius(f0, self.eps), self._radius(f0, self.alpha)
             deltas = [random_start(f0, r, self.norm) if self.random_start else torch.zeros_like(f0, dtype=torch.float32)
@@ -264,14 +295,9 @@ class Perturber(nn.Module):
             ctx: Optional[ObjectiveContext] = None
             loss_before, clean = 0.0, [float("nan")] * len(attacks)
             for step in range(self.steps):
-                if step == 0 and len(groups) > 1 and not self.random_start:
-                    # ``separate`` from f0: every objective starts at the same point, so one pass serves them all
-                    f = self._attack_point(f0, deltas[0])
-                    logits = logits_of(call.classifier, f)
-                    ctx = self._context(call, f0, logits)
-                    raw, _, each = self._gradients(attacks, ctx, f, logits, scale, want_each=True)
-                    assert each is not None
-                    evals: list[_Gradients] = [([raw[i]], each[i], [each[i]]) for i in range(len(groups))]
+                evals: list[_Gradients]
+                if step == 0 and (reuse or len(groups) > 1) and not self.random_start:
+                    ctx, evals = self._first_pass(attacks, groups, f0, deltas[0], call, reuse, scale, want_each)
                 else:
                     evals = []
                     for terms, delta in zip(groups, deltas):
@@ -408,6 +434,7 @@ _Gradients = tuple[list[torch.Tensor], Optional[torch.Tensor], Optional[list[tor
 class _Call:
     """What one call passes through the attack: the classifier and the modules behind it, and the data."""
 
+    features: torch.Tensor  # as the caller gave them (attached to its graph)
     classifier: Classifier
     heads: list[nn.Module]
     labels: Optional[torch.Tensor]

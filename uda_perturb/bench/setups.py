@@ -17,7 +17,7 @@ METHODS: dict[str, list[str]] = {
     "adaptsegnet": ["method.name=adaptsegnet", f"method.options={{{D}}}"],
     "advent": ["method.name=advent", f"method.options={{{D}, minent_weights: [0.001]}}"],
     "apoda": ["method.name=apoda", f"method.options={{{D}}}"],
-    # APODA's earlier attack rule: the summed objectives' gradient, in which the discriminator's is drowned
+    # APODA's earlier attack rule: the summed objectives' gradient, which follows whichever gradient is larger
     "apoda sum": ["method.name=apoda", f"method.options={{{D}, perturbation: {{combine: sum}}}}"],
     "advent+perturbation": ["method.name=advent", f"method.options={{{D}, minent_weights: [0.001]}}",
                             "method.addons=[perturbation]"],

@@ -78,12 +78,19 @@ class Resize:
 
 
 class RandomScaleCrop:
-    """Random rescale by a factor in ``scale`` then a random ``crop`` (padding labels with 255)."""
+    """Random rescale by a factor in ``scale`` then a random ``crop`` (padding labels with 255).
+
+    ``cat_max_ratio`` (off by default): DAFormer's source crop rule (mmseg's ``RandomCrop(cat_max_ratio=0.75)``):
+    while the crop's largest class holds ``cat_max_ratio`` or more of its labelled pixels, or it holds one class
+    only, the crop window is drawn again, at most 10 more times (the last draw is kept)."""
 
     def __init__(self, crop: Sequence[int], scale: Sequence[float] = (0.75, 1.25),
-                 interpolation: str = "bilinear") -> None:
+                 interpolation: str = "bilinear", cat_max_ratio: Optional[float] = None) -> None:
         self.crop, self.scale = (int(crop[0]), int(crop[1])), (float(scale[0]), float(scale[1]))
         self.interpolation = interpolation
+        if cat_max_ratio is not None and not 0.0 < cat_max_ratio <= 1.0:
+            raise ValueError(f"cat_max_ratio must be in (0, 1], got {cat_max_ratio}")
+        self.cat_max_ratio = cat_max_ratio
 
     def __call__(self, image: torch.Tensor, label: Label = None) -> tuple[torch.Tensor, Label]:
         s = self.scale[0] + float(torch.rand(())) * (self.scale[1] - self.scale[0])
@@ -95,11 +102,23 @@ class RandomScaleCrop:
             image = F.pad(image, (0, pw, 0, ph))
             if label is not None:
                 label = F.pad(label, (0, pw, 0, ph), value=IGNORE)
-        y = int(torch.randint(0, image.shape[-2] - ch + 1, ()))
-        x = int(torch.randint(0, image.shape[-1] - cw + 1, ()))
+        y, x = self._window(image)
+        if label is not None and self.cat_max_ratio is not None and self.cat_max_ratio < 1.0:
+            for _ in range(10):
+                window = label[y:y + ch, x:x + cw]
+                counts = torch.bincount(window[window != IGNORE].flatten().long())
+                counts = counts[counts > 0]
+                if len(counts) > 1 and float(counts.max()) / float(counts.sum()) < self.cat_max_ratio:
+                    break
+                y, x = self._window(image)
         image = image[:, y:y + ch, x:x + cw]
         label = label[y:y + ch, x:x + cw] if label is not None else None
         return image, label
+
+    def _window(self, image: torch.Tensor) -> tuple[int, int]:
+        ch, cw = self.crop
+        y = int(torch.randint(0, image.shape[-2] - ch + 1, ()))
+        return y, int(torch.randint(0, image.shape[-1] - cw + 1, ()))
 
 
 class RandomHorizontalFlip:
@@ -190,13 +209,15 @@ def transform_item(transform: Optional[Callable], image: torch.Tensor, label: La
 
 def build_transforms(size: Optional[Sequence[int]] = None, crop: Optional[Sequence[int]] = None,
                      scale: Optional[Sequence[float]] = None, flip: bool = False, photometric: bool = False,
-                     normalize: str = "imagenet", interpolation: str = "bilinear") -> Compose:
-    """Standard pipeline: resize -> (scale+crop) -> flip -> photometric jitter -> normalise."""
+                     normalize: str = "imagenet", interpolation: str = "bilinear",
+                     cat_max_ratio: Optional[float] = None) -> Compose:
+    """Standard pipeline: resize -> (scale+crop, DAFormer's ``cat_max_ratio`` crop rule when set) -> flip ->
+    photometric jitter -> normalise."""
     ts: list = []
     if size is not None:
         ts.append(Resize(size, interpolation))
     if crop is not None:
-        ts.append(RandomScaleCrop(crop, scale or (1.0, 1.0), interpolation))
+        ts.append(RandomScaleCrop(crop, scale or (1.0, 1.0), interpolation, cat_max_ratio))
     if flip:
         ts.append(RandomHorizontalFlip())
     if photometric:

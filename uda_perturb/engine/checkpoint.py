@@ -143,9 +143,24 @@ def is_trainer_checkpoint(obj: Any) -> bool:
     return isinstance(obj, dict) and obj.get("format") == FORMAT
 
 
+def segmentor_file(path: str | Path) -> Path:
+    """The weights file a ``--checkpoint`` names: the file itself, or in a run folder its ``segmentor.pt`` (the
+    final weights, written when the run ends) or else its ``checkpoint.pt`` (the latest save of a run still going
+    or cut off)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for name in ("segmentor.pt", "checkpoint.pt"):
+        if (path / name).is_file():
+            return path / name
+    raise FileNotFoundError(f"run folder {path} holds neither segmentor.pt (a finished run's weights) nor "
+                            "checkpoint.pt (a run's latest save)")
+
+
 def load_segmentor_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The segmentor weights in ``path``, decided by content: a trainer checkpoint (any name) or a segmentor
-    state dict (``segmentor.pt``, renamed or not)."""
+    state dict (``segmentor.pt``, renamed or not); a run folder stands for its weights (:func:`segmentor_file`)."""
+    path = segmentor_file(path)
     obj = read_torch_file(path)
     if is_trainer_checkpoint(obj):
         method = obj["method"]

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..class_balance import label_areas, per_image_class_pixels
 from ..config import DatasetConfig, RareClassSamplingConfig, TransformConfig
-from ..data.rare_class_sampling import RareClassSampler, crop_thresholds
+from ..data.rare_class_sampling import RareClassSampler, crop_thresholds, image_thresholds
 from ..data.transforms import build_transforms
 from ..registry import DATASETS
 from .distributed import DistInfo
@@ -85,7 +85,7 @@ def build_dataset(cfg: DatasetConfig, train: bool, key: str = "data.*") -> Datas
     t = cfg.transforms
     transform = build_transforms(size=t.size, crop=t.crop if train else None, scale=t.scale if train else None,
                                  flip=t.flip and train, photometric=t.photometric and train, normalize=t.normalize,
-                                 interpolation=t.interpolation)
+                                 interpolation=t.interpolation, cat_max_ratio=t.cat_max_ratio)
     try:
         return DATASETS.build(cfg.name, root=cfg.root, split=cfg.split, transform=transform, **cfg.options)
     except FileNotFoundError as exc:
@@ -110,10 +110,11 @@ def stream(dataset: Dataset, batch_size: int, seed: int, start: int, info: DistI
         if num_classes is None:
             raise ValueError("rare-class sampling needs num_classes")
         counts = per_image_class_pixels(dataset, num_classes)
+        areas = label_areas(dataset)
         sampler = RareClassSampler(counts, seed, start * batch_size, info.rank, info.world_size,
-                                   rcs.temperature, rcs.min_pixels)
+                                   rcs.temperature, image_thresholds(areas, rcs.min_pixels, rcs.min_pixels_scale))
         if transforms is not None and transforms.crop is not None:
-            limits = crop_thresholds(label_areas(dataset), transforms.size, rcs.min_pixels, rcs.min_crop_ratio)
+            limits = crop_thresholds(areas, transforms.size, rcs.min_pixels, rcs.min_crop_ratio)
             items = SeededItems(dataset, limits.tolist())
     else:
         sampler = InfiniteSampler(len(dataset), seed, start * batch_size, info.rank, info.world_size)  # type: ignore

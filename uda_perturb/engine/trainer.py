@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..class_balance import resolve_class_weights
 from ..config import ConfigError, ExperimentConfig, dataset_entries, dump_yaml, to_dict
+from ..errors import UserError
 from ..methods import UDAMethod, build_method
 from ..metrics import EntropyMeter, subset_indices
 from ..models.segmentor import Segmentor, build_segmentor
@@ -79,6 +80,17 @@ def build_model(cfg: ExperimentConfig) -> Segmentor:
               f"backbone tensors missing, {len(r['unexpected'])} unexpected{head}", file=sys.stderr)
     check_normalization(cfg, seg)
     return seg
+
+
+def method_of(cfg: ExperimentConfig, segmentor: Segmentor) -> UDAMethod:
+    """``cfg``'s method on ``segmentor``; a value its constructor refuses is a ``ConfigError`` naming the keys."""
+    try:
+        return build_method(cfg.method.name, segmentor, cfg.method.addons, cfg.method.options)
+    except UserError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"method {cfg.method.name!r} refused its settings (method.options, method.addons): "
+                          f"{exc}") from None
 
 
 def check_normalization(cfg: ExperimentConfig, segmentor: Segmentor) -> None:
@@ -145,10 +157,10 @@ class Trainer:
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         self.info = init_distributed("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
         self.device = resolve_device(cfg.device, self.info)
-        self._prepare_run_dir(resume, overwrite, allow_fresh)
         seed_everything(cfg.seed, cfg.deterministic)
         seg = build_model(cfg)
-        self.method: UDAMethod = build_method(cfg.method.name, seg, cfg.method.addons, cfg.method.options)
+        self.method: UDAMethod = method_of(cfg, seg)
+        self._prepare_run_dir(resume, overwrite, allow_fresh)  # after the method: a refused option leaves no folder
         if cfg.train.sync_bn and self.info.enabled:
             self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
         self.method.to(self.device).train()

@@ -18,9 +18,9 @@ class APODA(AdaptSegNet):
     discriminator) plus the defense ``lambda_s CE(F(f_s*), y_s) + lambda_t KL(p(f_t) || p(f_t*))``, where ``f*``
     are pointwise perturbations of the main features that attack both the classifier and the discriminator:
     each objective's per-position direction is normalised before the two are summed (``combine: balanced``),
-    so the discriminator attack, whose gradient is 40-230x smaller than the classifier's, still steers half
-    of the step. ``perturbation`` holds the :class:`PerturbationAddon` settings (``combine: sum`` gives the
-    earlier rule, ``eps``, ``lambda_source``, ``lambda_target``, ...)."""
+    so each steers half of the step whichever gradient is larger at the moment (the classifier's with an
+    untrained D, D's in most of v4's training). ``perturbation`` holds the :class:`PerturbationAddon` settings
+    (``combine: sum`` gives the earlier rule, ``eps``, ``lambda_source``, ``lambda_target``, ...)."""
 
     def __init__(self, segmentor: Segmentor, addons: Sequence[nn.Module] = (), discriminator: str = "fc",
                  adv_weights: Sequence[float] = (0.001, 0.0002), ndf: int = 64, seg_aux_weight: float = 0.1,

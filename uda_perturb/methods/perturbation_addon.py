@@ -42,8 +42,8 @@ class PerturbationAddon(nn.Module):
             method section was not available to us).
         **perturber: settings of :class:`~uda_perturb.Perturber` (``eps``, ``steps``, ``norm``, ``eps_mode``,
             ``combine``...). ``combine`` defaults to ``balanced``: the classifier and the discriminator each set
-            half of the step's direction (``sum``: the earlier rule, where the classifier's much larger gradient
-            decides alone).
+            half of the step's direction (``sum``: the earlier rule, where whichever gradient is larger at the
+            moment decides: the classifier's while D is untrained, often D's later).
 
     What each attack objective did goes to ``metrics.jsonl`` (:func:`objective_metrics`): its loss at the clean
     features (``{side}_{objective}_clean``) and its rise at ``f*`` (``_rise``: the attack's effect, also on the

@@ -1,0 +1,72 @@
+"""The first attack step from the caller's own forward graph: on a head without BatchNorm or dropout (the paper's
+DeepLab-v2 classifier) it is taken automatically and gives f* bit for bit as the attack's own forward would,
+with one head forward fewer; the caller's graph survives for its backward; a head with BatchNorm keeps the
+attack's own forward unless asked; logits not computed from the features fall back."""
+import pytest
+import torch
+from torch import nn
+
+import uda_perturb as up
+from uda_perturb.models.heads import ASPPv2
+
+K = 5
+
+
+def counted(head):
+    calls = []
+    head.register_forward_hook(lambda m, i, o: calls.append(1))
+    return calls
+
+
+def setup(head):
+    torch.manual_seed(0)
+    trunk = nn.Conv2d(3, 16, 3, padding=1)
+    x, y = torch.randn(2, 3, 33, 35), torch.randint(0, K, (2, 33, 35))
+    D = up.build_discriminator("fc", in_channels=K, ndf=8)
+    return trunk, head, x, y, D
+
+
+@pytest.mark.parametrize("combine", ["balanced", "sum", "separate"])
+@pytest.mark.parametrize("domain", ["source", "target"])
+def test_on_the_papers_head_the_first_step_comes_from_the_callers_graph_bit_for_bit(combine, domain):
+    trunk, head, x, y, D = setup(ASPPv2(16, K, dilations=(1, 2), branches=2))
+    kw = dict(labels=y) if domain == "source" else dict(domain="target", output_size=(33, 35))
+    results, grads = {}, {}
+    for mode in ("own", "auto"):
+        for p in [*trunk.parameters(), *head.parameters()]:
+            p.grad = None
+        calls = counted(head)
+        f = trunk(x)
+        z = head(f)
+        out = up.perturb_and_defend(f, head, discriminator=D, clean_logits=z, combine=combine, first_step=mode,
+                                    channels_last=None, **kw)
+        results[mode] = (out, len(calls))
+        (z.mean() + out.loss).backward()  # the caller's backward through its own graph, after the attack's
+        grads[mode] = [p.grad.clone() for p in [*trunk.parameters(), *head.parameters()]]
+        head._forward_hooks.clear()
+    (own, n_own), (auto, n_auto) = results["own"], results["auto"]
+    assert torch.equal(own.perturbed, auto.perturbed) and torch.equal(own.loss, auto.loss)
+    assert all(torch.equal(a, b) for a, b in zip(grads["own"], grads["auto"]))
+    defense_passes = 2 if combine == "separate" else 1
+    assert (n_own, n_auto) == (1 + 1 + defense_passes, 1 + defense_passes)  # the caller's, the attack's, the defense's
+
+
+def test_a_head_with_batchnorm_keeps_its_own_forward_unless_asked_and_disconnected_logits_fall_back():
+    head = nn.Sequential(nn.Conv2d(16, 16, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, K, 1))
+    trunk, head, x, y, D = setup(head)
+    forwards = {}
+    for mode in ("auto", "caller", "own"):
+        calls = counted(head)
+        f = trunk(x)
+        up.perturb_and_defend(f, head, labels=y, clean_logits=head(f), first_step=mode)
+        forwards[mode] = len(calls)
+        head._forward_hooks.clear()
+    assert forwards == {"auto": 3, "caller": 2, "own": 3}
+    # logits of other features (a detached copy): the graph does not reach these features, so the attack forwards
+    calls = counted(head)
+    f = trunk(x)
+    up.perturb_and_defend(f, head, labels=y, clean_logits=head(f.detach().clone().requires_grad_()),
+                          first_step="caller")
+    assert len(calls) == 3
+    with pytest.raises(ValueError, match=r"first_step must be one of \('auto', 'caller', 'own'\), got 'mine'"):
+        up.Perturber(first_step="mine")
