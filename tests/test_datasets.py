@@ -10,6 +10,7 @@ from PIL import Image
 import uda_perturb as up
 from uda_perturb.data import build_transforms, pixel_counts
 from uda_perturb.data.synthetic import SYNTHETIC_CLASSES, SyntheticRoadScenes
+from uda_perturb.errors import DataError
 
 
 def save_rgb(path, h=4, w=6, value=100):
@@ -176,3 +177,19 @@ def test_camvid_held_out_dusk_frames_follow_the_protocol(camvid_root):
     assert (held.images[0].name, held.images[-1].name) == ("0001TP_007890.png", "0001TP_008520.png")
     with pytest.raises(ValueError, match="first <= last"):
         up.DATASETS.build("camvid", root=str(camvid_root), frames=[9, 1])
+
+
+def test_the_swapped_target_paints_road_and_sidewalk_in_each_others_day_colours():
+    from uda_perturb.data.synthetic import ROAD, SIDEWALK, synthetic
+
+    def brightness(ds, cls):
+        item = ds[0]
+        return float(item["image"].mean(0)[item["label"] == cls].mean())
+
+    source = synthetic(domain="source", seed=5, length=1)
+    swapped = synthetic(domain="target", seed=5, length=1, target_style="swapped")
+    assert brightness(source, ROAD) < brightness(source, SIDEWALK)  # day: a dark road, a light sidewalk
+    assert brightness(swapped, ROAD) > brightness(swapped, SIDEWALK)  # swapped: the other way round
+    assert torch.equal(source[0]["label"], swapped[0]["label"])  # the same layout
+    with pytest.raises(DataError, match=r"target_style must be one of \('dusk', 'swapped'\), got 'night'"):
+        synthetic(domain="target", target_style="night")

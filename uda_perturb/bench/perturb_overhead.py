@@ -26,6 +26,7 @@ import torch
 import uda_perturb as up
 
 from ..attack_combination import COMBINE_MODES, objective_gradients
+from ..model_state import mode_sensitive
 from .report import add_results_options, check_replace, results_folder, write_results
 from .speed import MODELS
 
@@ -85,15 +86,18 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     with torch.no_grad():
         feats = seg.features(x)
 
-    def perturb_step(steps: int, combine: str) -> tuple[float, float]:
+    def perturb_step(steps: int, combine: str, first_step: str) -> tuple[float, float]:
         seg.zero_grad(set_to_none=True)
+        f = feats.detach().requires_grad_(True)
+        clean = seg.classify(f)  # the caller's own forward, not timed: the step has made it already
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
         sync()
         t = time.perf_counter()
-        out = up.perturb_and_defend(feats, seg.classifier, labels=y, discriminator=disc, steps=steps,
-                                    attacks=["classifier", "discriminator"], combine=combine)
+        out = up.perturb_and_defend(f, seg.classifier, labels=y, discriminator=disc, steps=steps,
+                                    attacks=["classifier", "discriminator"], combine=combine, clean_logits=clean,
+                                    first_step=first_step)
         out.loss.backward()
         sync()
         mem = torch.cuda.max_memory_allocated() - base if dev.type == "cuda" else 0
@@ -108,51 +112,65 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
         sync()
         return time.perf_counter() - t, 0
 
-    def attack_gradient(how: str) -> tuple[float, float]:
+    def attack_gradient(how: str, forward: bool = True) -> tuple[float, float]:
         """The floor's second part: one attack step's classifier forward and input gradients (channels-last, as
         the Perturber runs it by default; no parameter gradients): of the summed objectives (``sum``), of each
-        objective one after the other (``balanced``), or of both in one vmapped backward (``batched``)."""
+        objective one after the other (``balanced``), or of both in one vmapped backward (``batched``). Without
+        ``forward`` the gradients come from a graph made before the clock starts (the first step from the
+        caller's forward) and the graph is kept."""
+        f = feats.detach().requires_grad_(True)
+        logits = None if forward else seg.classify(f)
         sync()
         t = time.perf_counter()
-        f = feats.contiguous(memory_format=torch.channels_last).requires_grad_(True)
-        logits = seg.classify(f)
+        if forward:
+            f = feats.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+            logits = seg.classify(f)
+        assert logits is not None
         d_in = up.losses.upsample(logits, tuple(y.shape[-2:])).softmax(1)
         losses = [up.losses.seg_ce(logits, y), up.losses.bce_to(disc(d_in), up.losses.SOURCE_LABEL)]
+        keep = not forward
         if how == "sum":
-            torch.autograd.grad(losses[0] + losses[1], f)
+            torch.autograd.grad(losses[0] + losses[1], f, retain_graph=keep)
         elif how == "balanced":
-            objective_gradients(losses, f, 1.0)
+            objective_gradients(losses, f, 1.0, keep_graph=keep)
         else:
-            torch.autograd.grad(torch.stack(losses), f, grad_outputs=torch.eye(2, device=dev), is_grads_batched=True)
+            torch.autograd.grad(torch.stack(losses), f, grad_outputs=torch.eye(2, device=dev), is_grads_batched=True,
+                                retain_graph=keep)
         sync()
         return time.perf_counter() - t, 0
 
     kinds = ("sum", "balanced", "batched")
-    full_step(), [perturb_step(s, c) for s in args.steps for c in args.combine], head_pass()  # warm-up
-    [attack_gradient(k) for k in kinds]
-    times: dict[str, list[float]] = {"full": [], "head": [], **{f"attack_{k}": [] for k in kinds}}
+    keys = [(s, c, fs, f"steps={s} {c} first_step={fs}") for c in args.combine for s in args.steps
+            for fs in ("auto", "own")]
+    full_step(), [perturb_step(s, c, fs) for s, c, fs, _ in keys], head_pass()  # warm-up
+    [(attack_gradient(k), attack_gradient(k, forward=False)) for k in kinds]
+    times: dict[str, list[float]] = {"full": [], "head": [], **{f"attack_{k}": [] for k in kinds},
+                                     **{f"reuse_{k}": [] for k in kinds}}
     mems: dict[str, list[float]] = {"full": []}
-    keys = [(s, c, f"steps={s} {c}") for c in args.combine for s in args.steps]
-    for _, _, k in keys:
+    for *_, k in keys:
         times[k], mems[k] = [], []
     for _ in range(args.repeats):
         t, m = full_step()
         times["full"].append(t)
         mems["full"].append(m)
-        for s, c, k in keys:
-            t, m = perturb_step(s, c)
+        for s, c, fs, k in keys:
+            t, m = perturb_step(s, c, fs)
             times[k].append(t)
             mems[k].append(m)
         times["head"].append(head_pass()[0])
         for kind in kinds:
             times[f"attack_{kind}"].append(attack_gradient(kind)[0])
+            times[f"reuse_{kind}"].append(attack_gradient(kind, forward=False)[0])
     med = {k: statistics.median(v) for k, v in times.items()}
-    # what steps=s cannot go below: the defense's head pass plus s attack steps' forward and input gradients
+    # what steps=s cannot go below: the defense's head pass plus s attack steps' forward and input gradients; with
+    # the first step from the caller's graph, that step's gradients without a forward
     rows = []
-    for s, c, k in keys:
-        floor = med["head"] + s * med[f"attack_{c}"]
+    reused = seg.classifier is not None and not mode_sensitive([seg.classifier])
+    for s, c, fs, k in keys:
+        first = med[f"reuse_{c}"] if fs == "auto" and reused else med[f"attack_{c}"]
+        floor = med["head"] + first + (s - 1) * med[f"attack_{c}"]
         mem_ratio = (max(mems[k]) / max(mems["full"])) if dev.type == "cuda" else None
-        rows.append({"steps": s, "combine": c, "time_s": med[k], "time_ratio": med[k] / med["full"],
+        rows.append({"steps": s, "combine": c, "first_step": fs, "time_s": med[k], "time_ratio": med[k] / med["full"],
                      "peak_mem_ratio": mem_ratio, "floor_s": floor, "ratio_to_floor": med[k] / floor})
     name = args.model or f"{args.backbone}, DeepLab-v2 head"
     payload = {"model": args.model, "backbone": None if args.model else args.backbone,
@@ -160,7 +178,9 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
                "device": str(dev), "repeats": args.repeats, "seed": args.seed, "full_step_s": med["full"],
                "threads": torch.get_num_threads(), "rows": rows, "peak_rss_mb": peak_rss_mb(),
                "target_time_ratio_steps1": 0.15,
-               "floor": {"head_pass_s": med["head"], **{f"attack_step_{k}_s": med[f"attack_{k}"] for k in kinds}}}
+               "first_step_reused": reused,
+               "floor": {"head_pass_s": med["head"], **{f"attack_step_{k}_s": med[f"attack_{k}"] for k in kinds},
+                         **{f"first_step_from_caller_{k}_s": med[f"reuse_{k}"] for k in kinds}}}
     md = [f"# perturb_and_defend overhead ({name}, input {args.batch}x3x{args.size[0]}x{args.size[1]}, {dev}, "
           f"classifier + discriminator attack)", "",
           f"Segmentor forward+backward (median of {args.repeats}): {med['full']:.3f} s. Floor parts measured in the "
@@ -169,13 +189,17 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
           f"summed objectives {med['attack_sum']:.4f} s ({med['attack_sum'] / med['full']:.3f}x), each objective "
           f"in turn {med['attack_balanced']:.4f} s ({med['attack_balanced'] / med['full']:.3f}x), both in one "
           f"vmapped backward {med['attack_batched']:.4f} s ({med['attack_batched'] / med['full']:.3f}x; the "
-          f"Perturber computes them in turn).", "",
-          "| combine | steps | perturb_and_defend + backward (s) | time ratio to full step | ratio to its floor (head "
-          "pass + steps x attack step) | peak-memory ratio |",
-          "|---|---|---|---|---|---|"]
+          f"Perturber computes them in turn). The first step's input gradients from the caller's graph (no "
+          f"forward): summed {med['reuse_sum']:.4f} s, in turn {med['reuse_balanced']:.4f} s, vmapped "
+          f"{med['reuse_batched']:.4f} s; taken automatically here: "
+          f"{'yes' if reused else 'no (BatchNorm or dropout)'}.",
+          "",
+          "| combine | steps | first_step | perturb_and_defend + backward (s) | time ratio to full step | ratio to its "
+          "floor (head pass + the steps' input gradients) | peak-memory ratio |",
+          "|---|---|---|---|---|---|---|"]
     for r in rows:
         mem = f"{r['peak_mem_ratio']:.3f}" if r["peak_mem_ratio"] is not None else "n/a on CPU"
-        md.append(f"| {r['combine']} | {r['steps']} | {r['time_s']:.4f} | {r['time_ratio']:.3f} | "
+        md.append(f"| {r['combine']} | {r['steps']} | {r['first_step']} | {r['time_s']:.4f} | {r['time_ratio']:.3f} | "
                   f"{r['ratio_to_floor']:.2f} | {mem} |")
     md += ["", "The perturbation runs on the features the step already computed: it costs classifier "
            "(and discriminator) passes, never a backbone pass. Target: time ratio at most 0.15 at steps=1."]

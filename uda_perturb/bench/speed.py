@@ -53,6 +53,10 @@ METHODS: dict[str, tuple[str, list[Any], dict[str, Any]]] = {
     "minent": ("minent", [], {}),
     "apoda": ("apoda", [], {}),
     "apoda_sum": ("apoda", [], {"perturbation": {"combine": "sum"}}),
+    # the first attack step from the attack's own head forward (the path before first_step: auto), and from the
+    # caller's graph whatever the head's BatchNorm (first_step: caller)
+    "apoda_own": ("apoda", [], {"perturbation": {"first_step": "own"}}),
+    "apoda_caller": ("apoda", [], {"perturbation": {"first_step": "caller"}}),
     "apoda_separate": ("apoda", [], {"perturbation": {"combine": "separate"}}),
     "apoda_steps3": ("apoda", [], {"perturbation": {"steps": 3}}),
     "advent+perturbation": ("advent", ["perturbation"], {"minent_weights": [0.001]}),

@@ -35,6 +35,10 @@ _COLOURS = {
                         [0.55, 0.25, 0.45]]),
 }
 _DOMAINS = ("source", "target")
+TARGET_STYLES = ("dusk", "swapped")
+# ``swapped``: the target paints some classes in another class's source colour (road <-> sidewalk, car <-> person),
+# so colour alone misleads a source model while shape, place and texture still tell the classes apart
+_SWAP = np.array([SIDEWALK, ROAD, BUILDING, SKY, VEG, PERSON, POLE, SIGN, CAR])
 
 
 def _paint_layout(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -83,11 +87,12 @@ def _paint_layout(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return lab
 
 
-def _render(rng: np.random.Generator, lab: np.ndarray, domain: str) -> np.ndarray:
-    """RGB image (H x W x 3, 0-1) for a layout in the given domain's style."""
+def _render(rng: np.random.Generator, lab: np.ndarray, domain: str, style: str = "dusk") -> np.ndarray:
+    """RGB image (H x W x 3, 0-1) for a layout in the given domain's style (``style``: the target's)."""
     h, w = lab.shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    colours = _COLOURS[domain] * rng.uniform(0.85, 1.15, size=(len(SYNTHETIC_CLASSES), 1))
+    base = _COLOURS["source"][_SWAP] if domain == "target" and style == "swapped" else _COLOURS[domain]
+    colours = base * rng.uniform(0.85, 1.15, size=(len(SYNTHETIC_CLASSES), 1))
     img = colours[lab].astype(np.float32)
     # class textures, identical in both domains: windows, tiles, foliage, a sky gradient
     tex = np.zeros((h, w), np.float32)
@@ -98,6 +103,9 @@ def _render(rng: np.random.Generator, lab: np.ndarray, domain: str) -> np.ndarra
     img += tex[..., None]
     if domain == "source":
         img = img + rng.normal(0, 0.02, img.shape)
+    elif style == "swapped":  # evening light: darker, a warm cast, more noise
+        img = 0.7 * np.clip(img, 0, 1) + np.array([0.05, 0.02, 0.0])
+        img = img + rng.normal(0, 0.04, img.shape)
     else:  # dusk: darker, lower contrast, bluish cast, sensor noise
         img = 0.55 * np.clip(img, 0, 1) ** 1.6 + np.array([0.02, 0.03, 0.09])
         img = img + rng.normal(0, 0.06, img.shape)
@@ -112,9 +120,12 @@ class SyntheticRoadScenes(Dataset):
     """
 
     def __init__(self, domain: str = "source", size: Sequence[int] = (96, 128), length: int = 200,
-                 seed: int = 0, transform: Optional[Transform] = None) -> None:
+                 seed: int = 0, transform: Optional[Transform] = None, target_style: str = "dusk") -> None:
         if domain not in _DOMAINS:
             raise DataError(f"synthetic domain must be one of {_DOMAINS}, got {domain!r}")
+        if target_style not in TARGET_STYLES:
+            raise DataError(f"synthetic target_style must be one of {TARGET_STYLES}, got {target_style!r}")
+        self.target_style = target_style
         if length < 1:
             raise DataError(f"length must be positive, got {length}")
         self.domain, self.size, self.length, self.seed = domain, (int(size[0]), int(size[1])), length, seed
@@ -134,7 +145,8 @@ class SyntheticRoadScenes(Dataset):
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} scenes")
         lab = _paint_layout(np.random.default_rng([self.seed, index]), *self.size)
-        img = _render(np.random.default_rng([self.seed, index, 1 + _DOMAINS.index(self.domain)]), lab, self.domain)
+        img = _render(np.random.default_rng([self.seed, index, 1 + _DOMAINS.index(self.domain)]), lab, self.domain,
+                      self.target_style)
         image = torch.from_numpy(img).permute(2, 0, 1).contiguous()
         label = torch.from_numpy(lab.astype(np.int64))
         image, out_label, extras = transform_item(self.transform, image, label)
@@ -145,13 +157,15 @@ class SyntheticRoadScenes(Dataset):
 @DATASETS.register("synthetic")
 def synthetic(root: Optional[str] = None, split: str = "train", transform: Optional[Transform] = None,
               domain: str = "source", size: Sequence[int] = (96, 128), length: Optional[int] = None,
-              seed: Optional[int] = None) -> SyntheticRoadScenes:
+              seed: Optional[int] = None, target_style: str = "dusk") -> SyntheticRoadScenes:
     """Registry entry. Each (split, domain) draws its own scene layouts (so source and target training scenes
     are unpaired) unless ``seed`` is given; the same seed gives the same layouts in both styles.
+    ``target_style``: ``dusk`` (dark, low contrast, bluish, noisy, some class hues changed) or ``swapped``
+    (evening light, and road/sidewalk and car/person painted in each other's day colours).
     ``root`` is ignored (nothing on disk)."""
     if split not in ("train", "test", "val"):
         raise DataError(f"synthetic split must be 'train', 'val' or 'test', got {split!r}")
     default_seed = {"train": 0, "val": 2, "test": 1}[split] + (100 if domain == "target" else 0)
     default_len = 400 if split == "train" else 100
     return SyntheticRoadScenes(domain, size, length or default_len, default_seed if seed is None else seed,
-                               transform)
+                               transform, target_style)

@@ -1,0 +1,122 @@
+"""Rules tested where a user meets them: in a method's training step, not only in the helper that implements them.
+DACS's pseudo-label weights as the step uses them (the rows it ignores), the classes its ClassMix draws may take
+(from the batch, or the image's own), the capture's hand-over between a source and a target forward, and the
+perturbation add-on inside every method that takes it."""
+import pytest
+import torch
+from torch import nn
+
+import uda_perturb as up
+from uda_perturb.losses import pixel_weighted_ce
+from uda_perturb.methods import build_method
+from uda_perturb.registry import METHODS
+
+
+def dacs(**options):
+    torch.manual_seed(0)
+    seg = up.build_segmentor("conv1x1", backbone="lite", num_classes=4, backbone_kwargs={"width": 8})
+    method = build_method("dacs", seg, [], {"pseudo_threshold": 0.0, **options})
+    method.input_normalization = "imagenet"
+    return method
+
+
+def batches(labels):
+    g = torch.Generator().manual_seed(1)
+    b, h, w = labels.shape
+    source = {"image": torch.randn(b, 3, h, w, generator=g), "label": labels}
+    return source, {"image": torch.randn(b, 3, h, w, generator=g)}
+
+
+def test_the_dacs_step_trains_on_pseudo_weights_zero_in_the_ignored_rows_and_one_under_the_source_mask():
+    method = dacs(psweight_ignore_top=2, psweight_ignore_bottom=3)
+    source, target = batches(torch.randint(0, 4, (2, 12, 10)))
+    state = method.forward_domains(source, target)
+    w, mixed_w, labels = state.pseudo_weights, state.mixed_weights, state.mixed_labels
+    assert torch.all(w[:, :2] == 0) and torch.all(w[:, -3:] == 0) and torch.all(w[:, 2:-3] > 0)
+    from_source = mixed_w == 1  # ClassMix: 1 under the mask, the pseudo-weight elsewhere
+    for rows in (slice(0, 2), slice(-3, None)):
+        assert torch.all(mixed_w[:, rows][~from_source[:, rows]] == 0)
+        assert torch.equal(labels[:, rows][from_source[:, rows]], source["label"][:, rows][from_source[:, rows]])
+    # the loss the step trains on is the pixel-weighted CE with exactly these weights
+    expected = pixel_weighted_ce(state.mixed.logits, state.mixed_labels, state.mixed_weights)
+    torch.testing.assert_close(method.generator_losses(state)["mix"], expected)
+
+
+@pytest.mark.parametrize("pool", ["batch", "image"])
+def test_each_classmix_draw_takes_half_the_classes_of_its_pool(pool, monkeypatch):
+    import uda_perturb.methods.dacs as dacs_module
+
+    masks = []
+    original = dacs_module.class_mix
+
+    def spy(xs, ys, xt, yt, wt, m):
+        masks.append(m.clone())
+        return original(xs, ys, xt, yt, wt, m)
+
+    monkeypatch.setattr(dacs_module, "class_mix", spy)
+    labels = torch.zeros(2, 8, 8, dtype=torch.long)
+    labels[0, :, 4:] = 1  # image 0 holds classes {0, 1}, image 1 classes {2, 3}
+    labels[1] = 2
+    labels[1, :, 4:] = 3
+    method = dacs(class_mix_classes=pool)
+    source, target = batches(labels)
+    torch.manual_seed(3)
+    for _ in range(12):
+        method.forward_domains(source, target)
+    taken = [len(set(labels[i][m[i].bool()].tolist())) for m in masks for i in range(2)]
+    if pool == "image":  # one of its own two classes, every time
+        assert set(taken) == {1}
+    else:  # two of the batch's four classes: an image gets none, one or both of its own
+        assert set(taken) == {0, 1, 2}
+
+
+class TwoLevel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer3, self.layer4 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 6, 3, padding=1)
+        self.layer5, self.layer6 = nn.Conv2d(4, 3, 1), nn.Conv2d(6, 3, 1)
+
+    def forward(self, x):
+        f3 = self.layer3(x)
+        return self.layer5(f3), self.layer6(self.layer4(f3))
+
+
+def test_capture_hands_each_forward_over_with_take_and_keeps_only_the_latest_without():
+    model = TwoLevel()
+    x_s, x_t = torch.randn(1, 3, 8, 8), torch.randn(1, 3, 8, 8)
+    with up.capture_features(model, main="layer4", aux="layer3") as cap:
+        model(x_s)
+        f_s = cap.take()
+        model(x_t)
+        f_t = cap.take()
+        torch.testing.assert_close(f_s["aux"], model.layer3(x_s))
+        torch.testing.assert_close(f_s["main"], model.layer4(model.layer3(x_s)))
+        torch.testing.assert_close(f_t["main"], model.layer4(model.layer3(x_t)))
+        # without take(): the trap the README names, the source features are gone after the target forward
+        model(x_s)
+        model(x_t)
+        torch.testing.assert_close(cap["main"], f_t["main"])
+        assert f_s["main"].grad_fn is not None  # handed over attached to the graph, as the defense needs
+
+
+ADVERSARIAL = {"adaptsegnet", "advent", "apoda"}
+
+
+@pytest.mark.parametrize("name", sorted(set(METHODS.list()) - {"apoda"}))
+def test_the_perturbation_add_on_inside_every_method_defends_with_the_methods_own_features(name):
+    torch.manual_seed(0)
+    seg = up.build_segmentor("conv1x1", backbone="lite", num_classes=4, backbone_kwargs={"width": 8})
+    options = {"ndf": 4} if name in ADVERSARIAL else {}
+    method = build_method(name, seg, ["perturbation"], options)
+    method.input_normalization = "imagenet"
+    source, target = batches(torch.randint(0, 4, (2, 32, 32)))
+    result = method.training_step(source, target)
+    losses = result.generator_losses
+    # self-training defends its source and mixed batches (labelled like source); the others source and target
+    sides = {"def_source", "def_mixed"} if name == "dacs" else {"def_source", "def_target"}
+    assert {k for k in losses if k.startswith("def_")} == sides and all(losses[k] > 0 for k in sides)
+    stats = result.perturbation
+    attacks = {"classifier", "discriminator"} if name in ADVERSARIAL else {"classifier"}
+    assert {k.split("_")[1] for k in stats if k.startswith("source_") and k.endswith("_rise")} == attacks
+    assert seg.head.conv.weight.grad is not None
