@@ -20,8 +20,12 @@ for method in source_only adaptsegnet advent minent apoda; do
   done
 done | tee "$OUT/smoke.txt"
 cd benchmarks
-python speed.py --model deeplabv2_r101 --size 720 1280 --batch 1 --repeats 3 --out speed_r101_cuda
-python speed.py --model deeplabv2_r101 --size 720 1280 --batch 1 --repeats 3 --amp --out speed_r101_cuda_bf16
+# the rows of the CPU cost records: APODA against AdaptSegNet, its first attack step from the caller's graph (auto)
+# and from its own forward (apoda_own), the summed rule
+ROWS="source_only adaptsegnet apoda apoda_own apoda_sum"
+python speed.py --model deeplabv2_r101 --size 720 1280 --batch 1 --repeats 3 --methods $ROWS --out speed_r101_cuda
+python speed.py --model deeplabv2_r101 --size 720 1280 --batch 1 --repeats 3 --methods $ROWS --amp \
+  --out speed_r101_cuda_bf16
 python perturb_overhead.py --backbone resnet101 --size 720 1280 --batch 1 --repeats 5 --out perturb_overhead_r101_cuda
 cd ..
 NGPU=$(python -c "import torch; print(torch.cuda.device_count())")

@@ -120,3 +120,26 @@ def test_the_perturbation_add_on_inside_every_method_defends_with_the_methods_ow
     attacks = {"classifier", "discriminator"} if name in ADVERSARIAL else {"classifier"}
     assert {k.split("_")[1] for k in stats if k.startswith("source_") and k.endswith("_rise")} == attacks
     assert seg.head.conv.weight.grad is not None
+
+
+def test_the_add_on_measures_its_attacks_only_on_steps_the_trainer_logs_and_trains_the_same_either_way(tmp_path):
+    import json
+
+    from helpers import tiny_config
+
+    from uda_perturb.engine import Trainer
+
+    runs = {}
+    for every in (1, 2):
+        cfg = tiny_config("apoda", "method.options={ndf: 4}", "train.iters=3", f"train.log_every={every}")
+        trainer = Trainer(cfg, tmp_path / f"every{every}", progress=False)
+        trainer.fit()
+        records = [json.loads(line) for line in (tmp_path / f"every{every}" / "metrics.jsonl").read_text().split("\n")
+                   if line]
+        runs[every] = ({r["iteration"]: r for r in records if "g/seg" in r},
+                       {k: v.clone() for k, v in trainer.method.segmentor.state_dict().items()})
+    logged, weights = runs[2]
+    assert sorted(logged) == [2, 3] and all("perturb/source_discriminator_rise" in r for r in logged.values())
+    every_step, weights_1 = runs[1]
+    assert logged[2]["perturb/source_discriminator_rise"] == every_step[2]["perturb/source_discriminator_rise"]
+    assert all(torch.equal(weights[k], weights_1[k]) for k in weights)  # skipping statistics changes no result

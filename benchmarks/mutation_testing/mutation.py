@@ -57,9 +57,21 @@ TESTS = {
     "uda_perturb/engine/checkpoint.py": ["tests/test_checkpoint_values.py", "tests/test_user_errors.py",
                                          "tests/test_run_folder.py", "tests/test_trainer.py",
                                          "tests/test_camvid_rendered.py"],
-    "uda_perturb/methods/perturbation_addon.py": ["tests/test_perturbation_addon.py", "tests/test_behaviour_pins.py",
-                                                  "tests/test_methods.py", "tests/test_dacs.py",
-                                                  "tests/test_self_training.py"],
+    "uda_perturb/methods/perturbation_addon.py": ["tests/test_perturbation_addon.py", "tests/test_call_sites.py",
+                                                  "tests/test_behaviour_pins.py", "tests/test_methods.py",
+                                                  "tests/test_dacs.py", "tests/test_self_training.py"],
+    # reached through up.capture_features and the methods' training steps: the call-site tests first
+    "uda_perturb/capture.py": ["tests/test_call_sites.py", "tests/test_own_loop.py", "tests/test_readme_examples.py"],
+    "uda_perturb/methods/dacs.py": ["tests/test_dacs_step.py", "tests/test_call_sites.py", "tests/test_dacs.py",
+                                    "tests/test_self_training.py"],
+    "uda_perturb/methods/base.py": ["tests/test_call_sites.py", "tests/test_methods.py", "tests/test_dacs_step.py",
+                                    "tests/test_perturbation_addon.py", "tests/test_own_loop.py"],
+    "uda_perturb/attack_combination.py": ["tests/test_attack_combination.py", "tests/test_perturb.py",
+                                          "tests/test_perturbation_addon.py"],
+    "uda_perturb/data/rare_class_sampling.py": ["tests/test_daformer_rules.py", "tests/test_dacs.py",
+                                                "tests/test_behaviour_pins.py"],
+    "uda_perturb/engine/loaders.py": ["tests/test_loaders.py", "tests/test_daformer_rules.py",
+                                      "tests/test_user_errors.py"],
 }
 
 

@@ -72,7 +72,7 @@ def bce(z: torch.Tensor, label: float) -> torch.Tensor:
 
 def step(model: ResDeeplab, discs: Sequence[nn.Module], cap: up.FeatureCapture, xs: torch.Tensor, ys: torch.Tensor,
          xt: torch.Tensor, defend: bool, defense_bn_mode: str = "eval", combine: str = "balanced",
-         first_step: str = "auto") -> dict[str, float]:
+         first_step: str = "auto", stats: Optional[bool] = None) -> dict[str, float]:
     """One AdaptSegNet step (G then D), plus the defense on both levels and domains when ``defend``."""
     size = (int(xs.shape[-2]), int(xs.shape[-1]))
     up_ = lambda z: F.interpolate(z, size=size, mode="bilinear", align_corners=True)  # noqa: E731
@@ -93,10 +93,10 @@ def step(model: ResDeeplab, discs: Sequence[nn.Module], cap: up.FeatureCapture, 
             key = ("aux", "main")[level]
             out_s = up.perturb_and_defend(feats_s[key], head, labels=ys, discriminator=d, clean_logits=logits_s[level],
                                           defense_bn_mode=defense_bn_mode, combine=combine, upsample=up_,
-                                          first_step=first_step)
+                                          first_step=first_step, objective_stats=stats)
             out_t = up.perturb_and_defend(feats_t[key], head, domain="target", discriminator=d, upsample=up_,
                                           clean_logits=logits_t[level], defense_bn_mode=defense_bn_mode,
-                                          combine=combine, first_step=first_step)
+                                          combine=combine, first_step=first_step, objective_stats=stats)
             loss = loss + w * (out_s.loss + 0.1 * out_t.loss)
     loss.backward()
     d_loss = torch.zeros(())
@@ -129,21 +129,23 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     discs = [fc_discriminator(19), fc_discriminator(19)]
     xs, xt = torch.randn(args.batch, 3, *args.size), torch.randn(args.batch, 3, *args.size)
     ys = torch.randint(0, 19, (args.batch, *args.size))
-    # (defended, combine, first_step): "own" is the path before the first step came from the caller's graph
-    variants = {"none": (False, "balanced", "auto"), "balanced": (True, "balanced", "auto"),
-                "sum": (True, "sum", "auto"), "balanced_own": (True, "balanced", "own")}
+    # (defended, combine, first_step, objective_stats): "own" is the path before the first step came from the
+    # caller's graph; objective_stats False skips the per-objective losses at f* (a discriminator forward per call)
+    variants = {"none": (False, "balanced", "auto", None), "balanced": (True, "balanced", "auto", None),
+                "sum": (True, "sum", "auto", None), "balanced_own": (True, "balanced", "own", None),
+                "balanced_nostats": (True, "balanced", "auto", False)}
     times: dict[str, list[float]] = {k: [] for k in variants}
     with up.capture_features(model, main="layer4", aux="layer3") as cap:
         for rep in range(args.repeats + 1):
-            for key, (defend, combine, first) in variants.items():
+            for key, (defend, combine, first, stats) in variants.items():
                 model.zero_grad(set_to_none=True)
                 for d in discs:
                     d.zero_grad(set_to_none=True)
                 t = time.perf_counter()
-                step(model, discs, cap, xs, ys, xt, defend, combine=combine, first_step=first)
+                step(model, discs, cap, xs, ys, xt, defend, combine=combine, first_step=first, stats=stats)
                 if rep:
                     times[key].append(time.perf_counter() - t)
-    base, defended, summed, own = (statistics.median(times[k]) for k in variants)
+    base, defended, summed, own, quiet = (statistics.median(times[k]) for k in variants)
     md = [f"# The defense inside AdaptSegNet's own multi-level step (ResNet-{args.depth} DeepLab-v2, input "
           f"{args.batch}+{args.batch} x 3 x {args.size[0]} x {args.size[1]}, cpu)", "",
           "AdaptSegNet's step as its code writes it (`(aux, main)` logits, its FCDiscriminators, lambda_seg 0.1 / 1, "
@@ -157,15 +159,18 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
           f"{defended / base:.2f} |",
           f"| AdaptSegNet + defense (2 levels x 2 domains, combine=sum) | {summed:.3f} | {summed / base:.2f} |",
           f"| AdaptSegNet + defense (balanced, first_step=own: the attack's own head forward) | {own:.3f} | "
-          f"{own / base:.2f} |", "",
+          f"{own / base:.2f} |",
+          f"| AdaptSegNet + defense (balanced, objective_stats=False: no per-objective losses at f*) | {quiet:.3f} | "
+          f"{quiet / base:.2f} |", "",
           "The first attack step takes its gradients from the loop's own forward graph (`first_step='auto'`: "
           "the heads have no BatchNorm or dropout) unless `own`. D sees the loop's own upsampling (`upsample=`). "
           "Goal: at most 1.20x."]
     write_results(out, args.out, {"environment": environment(), "size": args.size, "batch": args.batch,
                                   "depth": args.depth, "repeats": args.repeats, "threads": torch.get_num_threads(),
                                   "seconds": {"adaptsegnet": base, "defended": defended, "defended_sum": summed,
-                                              "defended_own_first_step": own},
-                                  "ratio": defended / base, "ratio_sum": summed / base, "ratio_own": own / base},
+                                              "defended_own_first_step": own, "defended_no_stats": quiet},
+                                  "ratio": defended / base, "ratio_sum": summed / base, "ratio_own": own / base,
+                                  "ratio_no_stats": quiet / base},
                   "\n".join(md))
     print("\n".join(md))
     return 0

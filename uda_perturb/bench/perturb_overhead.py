@@ -97,7 +97,7 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
         t = time.perf_counter()
         out = up.perturb_and_defend(f, seg.classifier, labels=y, discriminator=disc, steps=steps,
                                     attacks=["classifier", "discriminator"], combine=combine, clean_logits=clean,
-                                    first_step=first_step)
+                                    first_step=first_step, objective_stats=False)  # the attack alone: its floor
         out.loss.backward()
         sync()
         mem = torch.cuda.max_memory_allocated() - base if dev.type == "cuda" else 0

@@ -82,6 +82,7 @@ def make(model: str, method: str, device: torch.device, channels_last: bool = Fa
     if ndf is not None and "ndf" in inspect.signature(METHOD_REGISTRY.get(name)).parameters:
         opts = {**opts, "ndf": ndf}
     m = build_method(name, seg, addons, opts).to(device).train()
+    m.record_stats = False  # as 9 of 10 training steps (train.log_every: 10): no statistics for the log
     return m.to(memory_format=torch.channels_last) if channels_last else m
 
 
@@ -231,7 +232,9 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
         md.append(f"| {r['method']} | {r['step_s']:.3f} | {f(r['time_vs_source_only'])} | "
                   f"{f(r['time_vs_adaptsegnet'])} | {r['peak_mb']:.0f} | {f(r['mem_vs_source_only'])} | "
                   f"{f(r['mem_vs_adaptsegnet'])} |")
-    md += ["", "Targets: APODA step at most 1.25x an AdaptSegNet step, peak memory at most 1.15x."]
+    md += ["", "Targets (issue 43): APODA at most 1.20x an AdaptSegNet step on DeepLab-v2 R50 and R101, 1.25x on the "
+           "comparison model; peak memory at most 1.10x. `apoda_own`: the first attack step from the attack's own "
+           "head forward (before `first_step: auto`); `apoda_caller`: from the caller's graph whatever the head."]
     payload = {"model": args.model, "size": args.size, "batch": args.batch, "rows": rows, "repeats": args.repeats,
                "device": str(device), "amp": args.amp, "channels_last": args.channels_last, "ndf": args.ndf,
                "threads": torch.get_num_threads(), "frozen_stages": args.frozen_stages}

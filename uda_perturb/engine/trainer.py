@@ -361,6 +361,9 @@ class Trainer:
         first = self.iteration
         try:
             while self.iteration < stop:
+                # statistics only for the steps that are logged (results are the same either way)
+                self.method.record_stats = ((self.iteration + 1) % max(cfg.train.log_every, 1) == 0
+                                            or self.iteration + 1 == stop)
                 logs = self.train_step(src, tgt)
                 self.iteration += 1
                 bar.update(1)

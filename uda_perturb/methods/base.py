@@ -100,6 +100,10 @@ class UDAMethod(nn.Module):
     # how the images are normalised (``data.*.transforms.normalize``); the trainer sets it, so that methods
     # that augment batches (DACS's colour jitter) can go back to RGB in [0, 1]
     input_normalization: str = "imagenet"
+    # whether this step's statistics will be logged: the trainer sets it before each step (only every
+    # train.log_every-th step is logged), so that add-ons skip statistics nobody reads (the attack's per-objective
+    # losses at f* cost a discriminator forward)
+    record_stats: bool = True
 
     def __init__(self, segmentor: Segmentor, addons: Sequence[nn.Module] = (), seg_aux_weight: float = 0.1) -> None:
         super().__init__()

@@ -132,7 +132,10 @@ class PerturbationAddon(nn.Module):
         for name, domain, out, labels, pixel_weights, size, weight in sides:
             if weight <= 0:
                 continue
-            res = self._perturber(domain, space)(
+            perturber = self._perturber(domain, space)
+            # the objectives' statistics only on steps the trainer logs (the setting given, else off)
+            perturber.objective_stats = self.perturber_kwargs.get("objective_stats") if method.record_stats else False
+            res = perturber(
                 out.features, classifier, labels=labels, domain=domain, discriminator=disc,
                 clean_logits=out.logits, output_size=size, class_weights=weights.get(name),
                 pixel_weights=pixel_weights)
