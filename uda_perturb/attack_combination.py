@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 COMBINE_MODES = ("balanced", "sum", "separate")
-_TINY = 1e-12
+TINY = 1e-12  # added to a norm before dividing by it
 
 
 def position_norm(x: torch.Tensor) -> torch.Tensor:
@@ -28,7 +28,7 @@ def unit_direction(g: torch.Tensor, norm: str) -> torch.Tensor:
     """``g`` divided by its norm over channels at each position (``l2``) or its sign (``linf``); zero where ``g``
     is zero."""
     if norm == "l2":
-        return g / (position_norm(g) + _TINY)
+        return g / (position_norm(g) + TINY)
     return g.sign()
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from .attack_combination import (
     COMBINE_MODES,
+    TINY,
     balanced_direction,
     objective_gradients,
     position_norm,
@@ -177,8 +178,8 @@ class Perturber(nn.Module):
             self._default_terms[key] = resolve(DEFENSES, "ce" if domain == "source" else "kl", self._defense_weights)
         return self._default_terms[key]
 
-    def _radius(self, f0: torch.Tensor, value: float) -> torch.Tensor:
-        return radius(f0, value, self.eps_mode, self.norm)
+    def _radius(self, f0: torch.Tensor, value: float, f0_norm: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return radius(f0, value, self.eps_mode, self.norm, f0_norm)
 
     def _groups(self, attacks: list[Term]) -> list[list[Term]]:
         """The objectives that make one ``f*`` together: all of them, or each alone under ``separate``."""
@@ -287,7 +288,8 @@ class Perturber(nn.Module):
         # before the freeze: whether the caller's graph was made in a mode that matters
         reuse = can_reuse(self.first_step, call.heads, call.features, call.clean_logits, self.random_start)
         with frozen_state(*call.heads, call.discriminator, bn_mode=self.bn_mode), torch.enable_grad():
-            r, alpha = self._radius(f0, self.eps), self._radius(f0, self.alpha)
+            f0_norm = position_norm(f0)  # once: the radius, the step size and the statistics all use it
+            r, alpha = self._radius(f0, self.eps, f0_norm), self._radius(f0, self.alpha, f0_norm)
             deltas = [random_start(f0, r, self.norm) if self.random_start else torch.zeros_like(f0, dtype=torch.float32)
                       for _ in groups]
             moved = [torch.zeros((f0.shape[0], 1, *f0.shape[2:]), dtype=torch.bool, device=f0.device) for _ in groups]
@@ -314,8 +316,9 @@ class Perturber(nn.Module):
                 for i, (terms, (_, summed, each)) in enumerate(zip(groups, evals)):
                     parts = [unit_l2(g) for g in each] if each is not None and (want_each or summed is None) else None
                     combined = self._combined(terms, summed, parts, each)
-                    moved[i] |= position_norm(combined) > 0
-                    direction = unit_direction(combined, self.norm)
+                    size = position_norm(combined)  # once: what moved, and the L2 direction
+                    moved[i] |= size > 0
+                    direction = combined / (size + TINY) if self.norm == "l2" else unit_direction(combined, "linf")
                     deltas[i] = advance(deltas[i], direction, alpha, r, self.norm, self.project)
                     units += parts if parts is not None and want_each else [None] * len(terms)
                     directions += [direction] * len(terms)
@@ -327,7 +330,8 @@ class Perturber(nn.Module):
             assert ctx is not None
             after = self._measure(groups, ctx, chunks, call.classifier) if measure else None
         stats = _summary(torch.cat(deltas), f0.repeat(len(groups), 1, 1, 1), torch.cat(moved), loss_before,
-                         sum(t.weight * v for t, v in zip(attacks, after)) if after is not None else None)
+                         sum(t.weight * v for t, v in zip(attacks, after)) if after is not None else None,
+                         f0_norm.repeat(len(groups), 1, 1, 1))
         if tracker is not None:
             tracker.set_losses(clean, after if after is not None else [float("nan")] * len(attacks))
             stats.objectives, stats.direction_cosine = tracker.result()

@@ -2,6 +2,8 @@
 random start inside it, for the L2 and Linf norms."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .attack_combination import position_norm
@@ -9,12 +11,13 @@ from .attack_combination import position_norm
 _TINY = 1e-12
 
 
-def radius(f0: torch.Tensor, value: float, eps_mode: str, norm: str) -> torch.Tensor:
+def radius(f0: torch.Tensor, value: float, eps_mode: str, norm: str,
+           f0_norm: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per-position radius ``B x 1 x h x w`` (relative: ``value`` times the position's L2 norm, or its RMS for
-    ``linf``), or a scalar tensor for absolute eps."""
+    ``linf``), or a scalar tensor for absolute eps. ``f0_norm``: ``position_norm(f0)`` when already computed."""
     if eps_mode == "absolute":
         return torch.tensor(value, dtype=torch.float32, device=f0.device)
-    scale = position_norm(f0)
+    scale = position_norm(f0) if f0_norm is None else f0_norm
     if norm == "linf":
         scale = scale / f0.shape[1] ** 0.5
     return value * scale
