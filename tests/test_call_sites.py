@@ -143,3 +143,85 @@ def test_the_add_on_measures_its_attacks_only_on_steps_the_trainer_logs_and_trai
     every_step, weights_1 = runs[1]
     assert logged[2]["perturb/source_discriminator_rise"] == every_step[2]["perturb/source_discriminator_rise"]
     assert all(torch.equal(weights[k], weights_1[k]) for k in weights)  # skipping statistics changes no result
+
+
+def test_capture_errors_in_full():
+    from helpers import raises_exactly
+
+    model = TwoLevel()
+    with raises_exactly(ValueError, "capture_features needs at least one module: main=..., aux=..."):
+        up.capture_features(model)
+    with raises_exactly(ValueError, "capture_features: the model has no module 'backbone'"):  # nothing close
+        up.capture_features(model, main="backbone")
+    cap = up.capture_features(model, main="layer4")
+    with pytest.raises(KeyError) as info:
+        cap["main"]
+    assert info.value.args[0] == "nothing captured as 'main' yet: run the model forward first (captured so far: [])"
+    cap.remove()
+
+    class Pair(nn.Module):
+        def forward(self, x):
+            return x, x
+
+    wrapped = nn.Sequential(Pair())
+    with up.capture_features(wrapped, main="0"):
+        with raises_exactly(TypeError, "capture_features: the module captured as 'main' returned tuple, not a feature "
+                                       "tensor; capture a module that outputs one"):
+            wrapped(torch.zeros(1, 2, 3, 3))
+
+
+def test_an_objective_that_does_not_depend_on_the_features_leaves_the_step_to_the_others():
+    class Constant(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.value = nn.Parameter(torch.ones(()))
+
+        def forward(self, ctx, features, logits):
+            return self.value * 2.0  # no path from the features
+
+    torch.manual_seed(0)
+    head = nn.Conv2d(6, 4, 1)
+    f, y = torch.randn(2, 6, 5, 5), torch.randint(0, 4, (2, 5, 5))
+    alone, _, _ = up.Perturber(["classifier"], eps=0.3).perturb(f, head, labels=y)
+    both, stats, _ = up.Perturber(["classifier", Constant()], eps=0.3).perturb(f, head, labels=y)
+    torch.testing.assert_close(both, alone)  # its direction is zero: the classifier's alone decides
+    assert stats.objectives["Constant"].grad_share == 0.0
+
+
+class _Counting(torch.utils.data.Dataset):
+    """One item whose label holds ``pixels`` pixels of class ``cls``; counts how often it is drawn."""
+
+    def __init__(self, pixels, cls=0):
+        self.pixels, self.cls, self.draws = pixels, cls, 0
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        self.draws += 1
+        label = torch.full((10, 10), 9, dtype=torch.long)
+        label.view(-1)[:self.pixels] = self.cls
+        return {"image": torch.zeros(1), "label": label}
+
+
+@pytest.mark.parametrize("pixels,draws", [(5, 11), (6, 1)])
+def test_a_rare_class_item_is_redrawn_ten_times_at_most_while_it_holds_no_more_than_the_limit(pixels, draws):
+    from uda_perturb.engine.loaders import SeededItems
+
+    data = _Counting(pixels, cls=0)  # class 0 is a class like any other
+    SeededItems(data, min_class_pixels=5.0)[(0, 123, 0)]
+    assert data.draws == draws  # exactly at the limit is not enough (DAFormer: more than it); 1 + 10 re-draws
+    plain = _Counting(0)
+    SeededItems(plain, min_class_pixels=5.0)[(0, 123)]  # no sampled class: no re-draw
+    assert plain.draws == 1
+
+
+def test_the_training_stream_shuffles_by_default_and_a_missing_root_names_the_key(tmp_path):
+    from uda_perturb.config import DatasetConfig
+    from uda_perturb.engine.loaders import InfiniteSampler, build_dataset
+
+    order = [key[0] for key, _ in zip(iter(InfiniteSampler(50, seed=0)), range(50))]
+    assert sorted(order) == list(range(50)) and order != list(range(50))
+    missing = DatasetConfig(name="camvid", root=str(tmp_path / "none"))
+    with pytest.raises(FileNotFoundError, match=r"data\.\*\.root is .*; set it with --set data\.\*\.root=PATH"):
+        build_dataset(missing, train=True)

@@ -178,3 +178,43 @@ def test_cat_max_ratio_redraws_a_crop_that_one_class_fills_as_daformers_source_c
                       "data.source.transforms.cat_max_ratio=0.75")
     built = up.engine.loaders.build_dataset(cfg.data.source, train=True)
     assert [t.cat_max_ratio for t in built.transform.transforms if isinstance(t, RandomScaleCrop)] == [0.75]
+
+
+def test_rare_class_sampling_defaults_and_edges_are_daformers():
+    import inspect
+
+    import numpy as np
+
+    from uda_perturb.data.rare_class_sampling import RareClassSampler, class_probabilities
+
+    defaults = {k: p.default for k, p in inspect.signature(RareClassSampler.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    assert defaults == {"start": 0, "rank": 0, "world_size": 1, "temperature": 0.01, "min_pixels": 3000}
+    assert inspect.signature(class_probabilities).parameters["temperature"].default == 0.01
+    # a class holding a single pixel is a class; probabilities stay finite at a low temperature
+    classes, p = class_probabilities([1, 0, 999_999], temperature=0.001)
+    assert classes.tolist() == [0, 2] and np.isfinite(p).all() and p[0] > 0.99
+    # an image must hold MORE than the threshold (DAFormer: pixels > rcs_min_pixels)
+    counts = np.array([[100, 50], [100, 51]])
+    sampler = RareClassSampler(counts, seed=0, min_pixels=50)
+    assert sampler.images_with[1].tolist() == [1]
+    # rank 0 of 1 by default: every stream position in turn
+    first = [i for i, _ in zip(iter(RareClassSampler(counts, seed=0, min_pixels=50)), range(3))]
+    alone = [i for i, _ in zip(iter(RareClassSampler(counts, seed=0, min_pixels=50, rank=0, world_size=1)), range(3))]
+    assert first == alone
+    # a label of area 1 still scales by 1 (no smaller area than one pixel is assumed)
+    assert crop_thresholds([1], [1, 1], 100, 0.5)[0] == pytest.approx(50 / DAFORMER_TRAINING_SCALE)
+
+
+def test_rare_class_sampling_errors_in_full():
+    from helpers import raises_exactly
+
+    from uda_perturb.data.rare_class_sampling import class_probabilities
+
+    with raises_exactly(DataError, "rare-class sampling temperature must be positive, got 0"):
+        class_probabilities([1, 2], temperature=0)
+    with raises_exactly(DataError, "rare-class sampling needs labelled source pixels"):
+        class_probabilities([0, 0])
+    with raises_exactly(DataError, "rare-class sampling min_pixels_scale must be one of ('label_area', 'none'), got "
+                                   "'area'"):
+        image_thresholds([10], 5, "area")

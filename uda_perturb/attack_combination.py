@@ -11,7 +11,7 @@ the moment.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -24,11 +24,11 @@ def position_norm(x: torch.Tensor) -> torch.Tensor:
     return x.float().norm(dim=1, keepdim=True)
 
 
-def unit_direction(g: torch.Tensor, norm: str) -> torch.Tensor:
-    """``g`` divided by its norm over channels at each position (``l2``) or its sign (``linf``); zero where ``g``
-    is zero."""
+def unit_direction(g: torch.Tensor, norm: str, g_norm: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``g`` divided by its norm over channels at each position (``l2``; ``g_norm``: that norm when already
+    computed) or its sign (``linf``); zero where ``g`` is zero."""
     if norm == "l2":
-        return g / (position_norm(g) + TINY)
+        return g / ((position_norm(g) if g_norm is None else g_norm) + TINY)
     return g.sign()
 
 

@@ -15,7 +15,6 @@ from torch import nn
 
 from .attack_combination import (
     COMBINE_MODES,
-    TINY,
     balanced_direction,
     objective_gradients,
     position_norm,
@@ -318,7 +317,7 @@ class Perturber(nn.Module):
                     combined = self._combined(terms, summed, parts, each)
                     size = position_norm(combined)  # once: what moved, and the L2 direction
                     moved[i] |= size > 0
-                    direction = combined / (size + TINY) if self.norm == "l2" else unit_direction(combined, "linf")
+                    direction = unit_direction(combined, self.norm, size)
                     deltas[i] = advance(deltas[i], direction, alpha, r, self.norm, self.project)
                     units += parts if parts is not None and want_each else [None] * len(terms)
                     directions += [direction] * len(terms)
