@@ -223,3 +223,21 @@ def test_against_a_trained_discriminator_the_default_step_raises_its_loss_and_th
     assert default.stats.objectives["discriminator"].rise > 5 * summed.stats.objectives["discriminator"].rise
     assert d_loss(default.perturbed) > 2 * clean
     assert d_loss(default.perturbed) - clean > 5 * (d_loss(summed.perturbed) - clean)
+
+
+def test_objective_gradients_free_the_graph_after_the_last_unless_it_is_the_callers():
+    from uda_perturb.attack_combination import objective_gradients, unit_direction
+
+    f = torch.randn(1, 3, 2, 2, requires_grad=True)
+    values = [(f ** 2).sum(), (f ** 3).sum()]
+    g = objective_gradients(values, f, 2.0)
+    torch.testing.assert_close(g[0], 2.0 * 2 * f.detach())
+    torch.testing.assert_close(g[1], 2.0 * 3 * f.detach() ** 2)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        torch.autograd.grad(values[1], f)  # freed after the last objective
+    kept = [(f ** 2).sum()]
+    objective_gradients(kept, f, 1.0, keep_graph=True)
+    torch.autograd.grad(kept[0], f)  # the caller's graph survives
+    # unit_direction's L2 branch without a precomputed norm: g / |g| at each position
+    x = torch.tensor([[[[3.0]], [[4.0]]]])
+    torch.testing.assert_close(unit_direction(x, "l2"), torch.tensor([[[[0.6]], [[0.8]]]]))
