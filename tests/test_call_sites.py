@@ -225,3 +225,25 @@ def test_the_training_stream_shuffles_by_default_and_a_missing_root_names_the_ke
     missing = DatasetConfig(name="camvid", root=str(tmp_path / "none"))
     with pytest.raises(FileNotFoundError, match=r"data\.\*\.root is .*; set it with --set data\.\*\.root=PATH"):
         build_dataset(missing, train=True)
+
+
+def test_dacs_option_errors_in_full_and_a_single_ignored_bottom_row():
+    from helpers import raises_exactly
+
+    from uda_perturb.color_jitter import JITTER_OPERATORS
+    from uda_perturb.methods.dacs import pseudo_labels
+    from uda_perturb.mixing import MIX_CLASSES, class_mix_masks, strong_augment
+
+    with raises_exactly(ValueError, f"dacs color_jitter_operator must be one of {JITTER_OPERATORS}, got 'pil'"):
+        dacs(color_jitter_operator="pil")
+    with raises_exactly(ValueError, f"dacs class_mix_classes must be one of {MIX_CLASSES}, got 'all'"):
+        dacs(class_mix_classes="all")
+    for top, bottom in ((-1, 0), (0, -1)):
+        with raises_exactly(ValueError, "dacs psweight_ignore_top and psweight_ignore_bottom must be >= 0"):
+            dacs(psweight_ignore_top=top, psweight_ignore_bottom=bottom)
+    with raises_exactly(ValueError, f"class mix classes must be one of {MIX_CLASSES}, got 'all'"):
+        class_mix_masks(torch.zeros(1, 2, 2, dtype=torch.long), "all")
+    with raises_exactly(ValueError, f"colour jitter operator must be one of {JITTER_OPERATORS}, got 'pil'"):
+        strong_augment(torch.zeros(1, 3, 4, 4), "imagenet", jitter_operator="pil")
+    _, w = pseudo_labels(torch.zeros(1, 2, 4, 3), 0.0, ignore_bottom=1)
+    assert torch.all(w[:, -1] == 0) and torch.all(w[:, :-1] == 1)

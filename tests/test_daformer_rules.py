@@ -218,3 +218,18 @@ def test_rare_class_sampling_errors_in_full():
     with raises_exactly(DataError, "rare-class sampling min_pixels_scale must be one of ('label_area', 'none'), got "
                                    "'area'"):
         image_thresholds([10], 5, "area")
+
+
+def test_rare_class_sampling_names_the_classes_it_cannot_draw_and_ranks_split_the_stream():
+    import numpy as np
+
+    from uda_perturb.data.rare_class_sampling import RareClassSampler
+
+    counts = np.array([[100, 10, 60], [100, 20, 70]])  # class 1 never exceeds 50 pixels: it cannot be drawn
+    sampler = RareClassSampler(counts, seed=4, min_pixels=50)
+    assert sampler.dropped == [1] and sorted(int(c) for c in sampler.classes) == [0, 2]
+    one = [key for key, _ in zip(iter(RareClassSampler(counts, seed=4, min_pixels=50)), range(8))]
+    for rank in (0, 1):  # rank r of 2 takes stream positions r, r + 2, ...
+        mine = [key for key, _ in zip(iter(RareClassSampler(counts, seed=4, min_pixels=50, rank=rank, world_size=2)),
+                                      range(4))]
+        assert mine == one[rank::2]
