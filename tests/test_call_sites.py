@@ -247,3 +247,18 @@ def test_dacs_option_errors_in_full_and_a_single_ignored_bottom_row():
         strong_augment(torch.zeros(1, 3, 4, 4), "imagenet", jitter_operator="pil")
     _, w = pseudo_labels(torch.zeros(1, 2, 4, 3), 0.0, ignore_bottom=1)
     assert torch.all(w[:, -1] == 0) and torch.all(w[:, :-1] == 1)
+
+
+def test_the_add_on_skips_statistics_on_unlogged_steps_and_keeps_a_users_objective_stats_setting():
+    torch.manual_seed(0)
+    seg = up.build_segmentor("conv1x1", backbone="lite", num_classes=4, backbone_kwargs={"width": 8})
+    method = build_method("adaptsegnet", seg, [{"name": "perturbation", "combine": "sum", "objective_stats": True}],
+                          {"ndf": 4})
+    method.input_normalization = "imagenet"
+    source, target = batches(torch.randint(0, 4, (2, 32, 32)))
+    logged = method.training_step(source, target).perturbation
+    assert "source_discriminator_cos" in logged  # the user's objective_stats: True, cosines under sum too
+    method.record_stats = False
+    quiet = method.training_step(source, target).perturbation
+    assert not any(k.endswith(("_rise", "_clean", "_cos", "_share")) for k in quiet)
+    assert {"source_norm", "target_norm"} <= set(quiet)

@@ -58,8 +58,9 @@ TESTS = {
                                          "tests/test_run_folder.py", "tests/test_trainer.py",
                                          "tests/test_camvid_rendered.py"],
     "uda_perturb/methods/perturbation_addon.py": ["tests/test_perturbation_addon.py", "tests/test_call_sites.py",
-                                                  "tests/test_behaviour_pins.py", "tests/test_methods.py",
-                                                  "tests/test_dacs.py", "tests/test_self_training.py"],
+                                                  "tests/test_own_loop.py", "tests/test_behaviour_pins.py",
+                                                  "tests/test_methods.py", "tests/test_dacs.py",
+                                                  "tests/test_self_training.py"],
     # reached through up.capture_features and the methods' training steps: the call-site tests first
     "uda_perturb/capture.py": ["tests/test_call_sites.py", "tests/test_own_loop.py", "tests/test_readme_examples.py"],
     "uda_perturb/methods/dacs.py": ["tests/test_dacs_step.py", "tests/test_call_sites.py", "tests/test_dacs.py",
