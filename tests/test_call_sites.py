@@ -297,3 +297,10 @@ def test_a_fractional_crop_limit_still_redraws_and_a_missing_root_is_named_in_fu
         assert str(info.value) == (f"camvid: split list not found: {root / 'train.txt'} (data.source.root is "
                                    f"{str(root)!r}, which resolves to {root.resolve()} from the current folder{tail}; "
                                    "set it with --set data.source.root=PATH)")
+
+
+def test_a_seed_of_any_size_draws_a_stream():
+    from uda_perturb.engine.loaders import InfiniteSampler
+
+    keys = [key for key, _ in zip(iter(InfiniteSampler(5, seed=2**62 + 1)), range(10))]  # overflowed before
+    assert sorted(k[0] for k in keys[:5]) == list(range(5))

@@ -69,8 +69,8 @@ TESTS = {
                                     "tests/test_perturbation_addon.py", "tests/test_own_loop.py"],
     "uda_perturb/attack_combination.py": ["tests/test_attack_combination.py", "tests/test_call_sites.py",
                                           "tests/test_perturb.py", "tests/test_perturbation_addon.py"],
-    "uda_perturb/data/rare_class_sampling.py": ["tests/test_daformer_rules.py", "tests/test_dacs.py",
-                                                "tests/test_behaviour_pins.py"],
+    "uda_perturb/data/rare_class_sampling.py": ["tests/test_daformer_rules.py", "tests/test_call_sites.py",
+                                                "tests/test_dacs.py", "tests/test_behaviour_pins.py"],
     "uda_perturb/engine/loaders.py": ["tests/test_loaders.py", "tests/test_call_sites.py",
                                       "tests/test_daformer_rules.py", "tests/test_user_errors.py"],
     # methods reached through the registry (build_method): the step-level tests

@@ -34,7 +34,8 @@ class InfiniteSampler(Sampler):
         pos = self.start * self.world_size + self.rank
         while True:
             epoch, offset = divmod(pos, self.length)
-            g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+            # modulo 2**63: the same value as before for every seed below 2**63 / 100003, and no overflow above it
+            g = torch.Generator().manual_seed((self.seed * 100003 + epoch) % (2**63))
             order = torch.randperm(self.length, generator=g) if self.shuffle else torch.arange(self.length)
             yield int(order[offset]), (self.seed * 1_000_003 + pos) % (2**63)
             pos += self.world_size
