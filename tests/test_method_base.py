@@ -1,0 +1,81 @@
+"""The method template's rules at the step a user runs: the supervised CE class-weighted (and the aux head's at its
+weight), the losses summed in full, the discriminators' reference defaults and input channels, the aux
+discriminator's weight when one is given, which methods ask for target batches, and the step's flat log."""
+import inspect
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import uda_perturb as up
+from uda_perturb.methods import build_method
+from uda_perturb.methods.base import UDAMethod, sum_losses
+
+K = 4
+
+
+def step_batches(size=32):
+    g = torch.Generator().manual_seed(2)
+    source = {"image": torch.randn(2, 3, size, size, generator=g), "label": torch.randint(0, K, (2, size, size),
+                                                                                         generator=g)}
+    return source, {"image": torch.randn(2, 3, size, size, generator=g)}
+
+
+def segmentor(multi_level=False):
+    torch.manual_seed(0)
+    return up.build_segmentor("aspp_v2", backbone="lite", num_classes=K, multi_level=multi_level,
+                              backbone_kwargs={"width": 8}, head_kwargs={"dilations": (1, 2), "branches": 2})
+
+
+def test_the_supervised_ce_is_class_weighted_at_the_step_and_the_aux_head_counts_at_its_weight():
+    method = build_method("source_only", segmentor(multi_level=True), [], {"seg_aux_weight": 0.3})
+    w = torch.tensor([1.0, 2.0, 0.5, 3.0], dtype=torch.float64)
+    method.set_class_weights(w)
+    assert method.class_weights.dtype == torch.float32 and "class_weights" not in method.state_dict()
+    source, target = step_batches()
+    state = method.forward_domains(source, target)
+    losses = method.generator_losses(state)
+    up_main = F.interpolate(state.source.logits, (32, 32), mode="bilinear", align_corners=True)
+    up_aux = F.interpolate(state.source.aux_logits, (32, 32), mode="bilinear", align_corners=True)
+    torch.testing.assert_close(losses["seg"], F.cross_entropy(up_main, source["label"], weight=w.float()))
+    torch.testing.assert_close(losses["seg_aux"], 0.3 * F.cross_entropy(up_aux, source["label"], weight=w.float()))
+    with pytest.raises(ValueError, match=r"^class weights must be a vector of 4, got \(2, 2\)$"):
+        method.set_class_weights(torch.ones(2, 2))
+    with pytest.raises(ValueError, match=r"^class weights must be a vector of 4, got \(3,\)$"):
+        method.set_class_weights(torch.ones(3))
+
+
+def test_the_step_sums_every_loss_term_and_logs_them_flat():
+    a, b, c = torch.tensor(1.0), torch.tensor(2.0), torch.tensor(4.0)
+    assert float(sum_losses({"x": a, "y": b, "z": c})) == 7.0
+    method = build_method("adaptsegnet", segmentor(), [], {"ndf": 4})
+    method.input_normalization = "imagenet"
+    result = method.training_step(*step_batches())
+    flat = result.flat()
+    assert set(flat) == {"g/seg", "g/adv_main", "d/d_main"}
+    assert result.total == pytest.approx(flat["g/seg"] + flat["g/adv_main"])
+
+
+def test_discriminators_follow_the_references_and_their_input_space():
+    params = inspect.signature(UDAMethod.add_discriminators).parameters
+    assert {k: p.default for k, p in params.items() if k != "self"} == {
+        "name": "fc", "weights": (0.001, 0.0002), "ndf": 64, "space": None}  # AdaptSegNet's lambda_adv and ndf
+    assert inspect.signature(UDAMethod.__init__).parameters["seg_aux_weight"].default == 0.1
+    seg = segmentor(multi_level=True)
+    method = build_method("adaptsegnet", seg, [], {"adv_weights": [0.005]})
+    assert method.adv_weights == {"main": 0.005, "aux": pytest.approx(0.001)}  # one weight given: aux a fifth
+    first = next(m for m in method.discriminators["main"].modules() if isinstance(m, torch.nn.Conv2d))
+    assert (first.in_channels, first.out_channels) == (K, 64)  # softmax space: one channel per class
+    method.add_discriminators(space="features", ndf=4)
+    convs = [m for m in method.discriminators["main"].modules() if isinstance(m, torch.nn.Conv2d)]
+    aux_convs = [m for m in method.discriminators["aux"].modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs[0].in_channels == seg.backbone.out_channels and aux_convs[0].in_channels == seg.backbone.aux_channels
+    assert convs[0].out_channels == 4
+
+
+def test_only_methods_or_add_ons_that_use_target_batches_ask_for_them():
+    assert not build_method("source_only", segmentor(), [], {}).wants_target_batches
+    assert build_method("source_only", segmentor(), ["perturbation"], {}).wants_target_batches
+    assert not build_method("source_only", segmentor(), [{"name": "perturbation", "lambda_target": 0.0}],
+                            {}).wants_target_batches
+    assert build_method("minent", segmentor(), [], {}).wants_target_batches
