@@ -79,3 +79,33 @@ def test_only_methods_or_add_ons_that_use_target_batches_ask_for_them():
     assert not build_method("source_only", segmentor(), [{"name": "perturbation", "lambda_target": 0.0}],
                             {}).wants_target_batches
     assert build_method("minent", segmentor(), [], {}).wants_target_batches
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("adaptsegnet", {"discriminator": "fc", "adv_weights": (0.001, 0.0002), "ndf": 64, "seg_aux_weight": 0.1}),
+    ("apoda", {"discriminator": "fc", "adv_weights": (0.001, 0.0002), "ndf": 64, "seg_aux_weight": 0.1}),
+    ("advent", {"discriminator": "fc", "adv_weights": (0.001, 0.0002), "ndf": 64, "seg_aux_weight": 0.1,
+                "minent_weights": (0.0, 0.0)}),
+    ("minent", {"seg_aux_weight": 0.1, "entropy_weights": (0.001, 0.0002)}),
+])
+def test_each_adversarial_and_entropy_method_keeps_its_references_defaults_literally(name, expected):
+    from uda_perturb.registry import METHODS
+
+    params = inspect.signature(METHODS.get(name).__init__).parameters
+    got = {k: p.default for k, p in params.items() if k in expected}
+    assert got == expected
+
+
+def test_minent_terms_follow_each_levels_weight_at_the_step():
+    from uda_perturb.losses import entropy_loss
+
+    source, target = step_batches()
+    method = build_method("advent", segmentor(multi_level=True), [], {"ndf": 4, "minent_weights": [0.001]})
+    state = method.forward_domains(source, target)
+    losses = method.generator_losses(state)
+    assert "ent_aux" not in losses  # one weight: the main level only
+    up_t = F.interpolate(state.target.logits, (32, 32), mode="bilinear", align_corners=True)
+    torch.testing.assert_close(losses["ent_main"], 0.001 * entropy_loss(up_t))
+    zero = build_method("advent", segmentor(multi_level=True), [], {"ndf": 4, "minent_weights": [0.0, 0.0002]})
+    assert {k for k in zero.generator_losses(zero.forward_domains(source, target)) if k.startswith("ent")} == {
+        "ent_aux"}  # a weight of 0 adds no term

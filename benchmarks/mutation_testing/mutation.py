@@ -75,11 +75,16 @@ TESTS = {
     "uda_perturb/engine/loaders.py": ["tests/test_loaders.py", "tests/test_call_sites.py",
                                       "tests/test_daformer_rules.py", "tests/test_user_errors.py"],
     # methods reached through the registry (build_method): the step-level tests
-    "uda_perturb/methods/adaptsegnet.py": ["tests/test_call_sites.py", "tests/test_methods.py"],
-    "uda_perturb/methods/advent.py": ["tests/test_call_sites.py", "tests/test_methods.py"],
-    "uda_perturb/methods/minent.py": ["tests/test_call_sites.py", "tests/test_methods.py"],
-    "uda_perturb/methods/source_only.py": ["tests/test_call_sites.py", "tests/test_methods.py"],
-    "uda_perturb/methods/apoda.py": ["tests/test_perturbation_addon.py", "tests/test_methods.py"],
+    "uda_perturb/methods/adaptsegnet.py": ["tests/test_method_base.py", "tests/test_call_sites.py",
+                                           "tests/test_methods.py"],
+    "uda_perturb/methods/advent.py": ["tests/test_method_base.py", "tests/test_call_sites.py",
+                                      "tests/test_methods.py"],
+    "uda_perturb/methods/minent.py": ["tests/test_method_base.py", "tests/test_call_sites.py",
+                                      "tests/test_methods.py"],
+    "uda_perturb/methods/source_only.py": ["tests/test_method_base.py", "tests/test_call_sites.py",
+                                           "tests/test_methods.py"],
+    "uda_perturb/methods/apoda.py": ["tests/test_method_base.py", "tests/test_perturbation_addon.py",
+                                     "tests/test_methods.py"],
     "uda_perturb/methods/feature_distance.py": ["tests/test_daformer_rules.py", "tests/test_self_training.py"],
 }
 
