@@ -79,6 +79,8 @@ def test_only_methods_or_add_ons_that_use_target_batches_ask_for_them():
     assert not build_method("source_only", segmentor(), [{"name": "perturbation", "lambda_target": 0.0}],
                             {}).wants_target_batches
     assert build_method("minent", segmentor(), [], {}).wants_target_batches
+    # the BatchNorm control: target images only pass through train-mode BatchNorm, so it needs them
+    assert build_method("source_only", segmentor(), [], {"target_bn_stats": True}).wants_target_batches
 
 
 @pytest.mark.parametrize("name,expected", [
