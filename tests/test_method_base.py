@@ -64,6 +64,8 @@ def test_discriminators_follow_the_references_and_their_input_space():
     seg = segmentor(multi_level=True)
     method = build_method("adaptsegnet", seg, [], {"adv_weights": [0.005]})
     assert method.adv_weights == {"main": 0.005, "aux": pytest.approx(0.001)}  # one weight given: aux a fifth
+    two = build_method("adaptsegnet", segmentor(multi_level=True), [], {"adv_weights": [0.005, 0.0003]})
+    assert two.adv_weights == {"main": 0.005, "aux": 0.0003}
     first = next(m for m in method.discriminators["main"].modules() if isinstance(m, torch.nn.Conv2d))
     assert (first.in_channels, first.out_channels) == (K, 64)  # softmax space: one channel per class
     method.add_discriminators(space="features", ndf=4)
@@ -89,6 +91,7 @@ def test_only_methods_or_add_ons_that_use_target_batches_ask_for_them():
     ("advent", {"discriminator": "fc", "adv_weights": (0.001, 0.0002), "ndf": 64, "seg_aux_weight": 0.1,
                 "minent_weights": (0.0, 0.0)}),
     ("minent", {"seg_aux_weight": 0.1, "entropy_weights": (0.001, 0.0002)}),
+    ("source_only", {"seg_aux_weight": 0.1, "target_bn_stats": False}),
 ])
 def test_each_adversarial_and_entropy_method_keeps_its_references_defaults_literally(name, expected):
     from uda_perturb.registry import METHODS
