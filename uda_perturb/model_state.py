@@ -48,17 +48,16 @@ def frozen_state(*modules: nn.Module | None, bn_mode: str = "eval") -> Iterator[
             m.training = modes[k]
 
 
-def mode_sensitive(modules: Iterable[nn.Module | None]) -> bool:
-    """Whether any BatchNorm or dropout layer of ``modules`` is in training mode, i.e. whether a forward pass
-    depends on the mode it runs in (batch statistics, random masks)."""
-    return any(isinstance(m, _BN + DROPOUT_LAYERS) and m.training
-               for module in modules if module is not None for m in module.modules())
+def mode_sensitive(modules: Iterable[nn.Module | None], kinds: tuple[type, ...] = _BN + DROPOUT_LAYERS) -> bool:
+    """Whether any BatchNorm or dropout layer (any layer of ``kinds``) of ``modules`` is in training mode, i.e.
+    whether a forward pass depends on the mode it runs in (batch statistics, random masks)."""
+    return any(isinstance(m, kinds) and m.training for module in modules if module is not None
+               for m in module.modules())
 
 
 def has_active_dropout(modules: Iterable[nn.Module | None]) -> bool:
     """Whether any dropout layer of ``modules`` is in training mode (a forward pass draws random masks)."""
-    return any(isinstance(m, DROPOUT_LAYERS) and m.training
-               for module in modules if module is not None for m in module.modules())
+    return mode_sensitive(modules, DROPOUT_LAYERS)
 
 
 @contextlib.contextmanager

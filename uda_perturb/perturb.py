@@ -29,7 +29,7 @@ from .model_state import frozen_state
 from .models.discriminators import DISCRIMINATOR_INPUTS, DiscriminatorSpace
 from .objective_context import Classifier, ObjectiveContext, Upsampler
 from .objective_spec import ObjectiveSpec, Term, resolve
-from .objective_stats import ObjectiveTracker
+from .objective_stats import ObjectiveTracker, finite
 from .perturb_checks import check_inputs, check_label_values, logits_of
 from .perturb_geometry import advance, radius, random_start
 from .perturb_result import PerturbResult, PerturbStats, _summary
@@ -267,15 +267,28 @@ class Perturber(nn.Module):
         A gradient-free control (``random``, ``dropout``) in place of the attacks displaces the features
         directly: no gradient pass, the same radius.
         """
+        attacks, call = self._prepare(features, classifier, labels, domain, discriminator, clean_logits, output_size,
+                                      class_weights, pixel_weights, modules)
+        return self._perturb(attacks, call, measure)
+
+    def _prepare(self, features: torch.Tensor, classifier: Classifier, labels: Optional[torch.Tensor], domain: str,
+                 discriminator: Optional[nn.Module], clean_logits: Optional[torch.Tensor],
+                 output_size: Optional[tuple[int, int]], class_weights: Optional[torch.Tensor],
+                 pixel_weights: Optional[torch.Tensor],
+                 modules: Optional[Sequence[nn.Module]]) -> tuple[list[Term], _Call]:
+        """The inputs checked, and the modules behind the classifier found once for the attack and the defense."""
         attacks = self._attacks_for(discriminator)
         labels = check_inputs(features, labels, domain, discriminator, attacks, self._defenses_for(domain),
                               clean_logits, output_size, self.discriminator_input, self.upsample is not None)
         heads = modules_behind(classifier, modules)
-        call = _Call(features, classifier, heads, labels, domain, discriminator, clean_logits, output_size,
-                     class_weights, pixel_weights, self._align(heads))
+        return attacks, _Call(features, classifier, heads, labels, domain, discriminator, clean_logits, output_size,
+                              class_weights, pixel_weights, self._align(heads))
+
+    def _perturb(self, attacks: list[Term], call: _Call,
+                 measure: bool = False) -> tuple[torch.Tensor, PerturbStats, ObjectiveContext]:
         if _is_control(attacks):
-            return self._control(attacks[0], features.detach(), call)
-        return self._attack(attacks, features.detach(), call, measure)
+            return self._control(attacks[0], call.features.detach(), call)
+        return self._attack(attacks, call.features.detach(), call, measure)
 
     def _attack(self, attacks: list[Term], f0: torch.Tensor, call: _Call,
                 measure: bool) -> tuple[torch.Tensor, PerturbStats, ObjectiveContext]:
@@ -384,12 +397,10 @@ class Perturber(nn.Module):
         defense pass (a head with BatchNorm or dropout), the clean reference is one more no-grad head forward in
         the defense pass's mode (:mod:`~uda_perturb.defense_pass`), so at ``eps -> 0`` every defense loss -> 0.
         """
-        perturbed, stats, ctx = self.perturb(features, classifier, labels=labels, domain=domain,
-                                             discriminator=discriminator, clean_logits=clean_logits,
-                                             output_size=output_size, class_weights=class_weights,
-                                             pixel_weights=pixel_weights, modules=modules)
-        heads = modules_behind(classifier, modules)
-        attacks = self._attacks_for(discriminator)
+        attacks, call = self._prepare(features, classifier, labels, domain, discriminator, clean_logits, output_size,
+                                      class_weights, pixel_weights, modules)
+        perturbed, stats, ctx = self._perturb(attacks, call)
+        heads = call.heads
         groups = self._groups(attacks)
         chunks = perturbed.chunk(len(groups)) if len(groups) > 1 else (perturbed,)
         f0 = features.detach()
@@ -425,7 +436,7 @@ class Perturber(nn.Module):
                 for t in terms:
                     s = stats.objectives[names[k]]
                     s.loss_perturbed = float(t.module(c, x, a.detach()))
-                    if new_reference or s.loss_clean != s.loss_clean:  # nan: not measured at f0
+                    if new_reference or not finite(s.loss_clean):  # not measured at f0 (a random start)
                         s.loss_clean = float(t.module(c, f0, c.clean_logits))
                     k += 1
 
