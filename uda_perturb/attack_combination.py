@@ -4,10 +4,10 @@ and the combination rule.
 Why a rule is needed: the objectives' input gradients differ in size by orders of magnitude, and which one is
 larger changes as the discriminator trains. With an untrained or saturated D the classifier's gradient was
 40-230x D's and a plain sum stepped in the classifier's direction alone (cosine 0.9998); in training it turned
-round: APODA with ``sum`` on ``synthetic_demo`` followed the classifier for its first 30 iterations, then D
-(cosine with D 0.63-0.97, with the classifier 0.19-0.53, iterations 40-120). ``balanced`` normalises each
-objective's direction before the weighted sum, so each counts by its weight, whichever gradient is larger at
-the moment.
+round: APODA with ``sum`` on ``synthetic_demo`` gave D 0.01-0.04 of the gradient norm for its first 20
+iterations, then 0.22-0.93, the step following whichever was larger (``benchmarks/results/attack_turnover.md``).
+``balanced`` normalises each objective's direction before the weighted sum, so each counts by its weight,
+whichever gradient is larger at the moment.
 """
 from __future__ import annotations
 

@@ -2,10 +2,10 @@
 
 A defense such as ``kl`` compares ``classifier(f*)`` with a clean prediction. If the two come from different
 modes of a head with BatchNorm or dropout (the caller's train-mode logits against an eval-mode defense pass, or
-two different dropout masks), the loss measures the mode gap, not the perturbation: on torchvision's DeepLabV3
-it was 0.0407 at eps=1e-6 against 0.0464 at eps=0.1. So where the modes can differ, the reference is one more
-no-grad head forward at the clean features in the defense pass's own mode (with its dropout masks): at eps -> 0
-every defense loss -> 0, whatever ``clean_logits`` the caller passed.
+two different dropout masks), the loss measures the mode gap, not the perturbation, and stays far from 0 as
+eps -> 0 (``tests/test_defense_reference.py`` shows the gap). So where the modes can differ, the reference is one
+more no-grad head forward at the clean features in the defense pass's own mode (with its dropout masks): at
+eps -> 0 every defense loss -> 0, whatever ``clean_logits`` the caller passed.
 """
 from __future__ import annotations
 

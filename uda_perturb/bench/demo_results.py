@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -22,10 +23,13 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     args = ap.parse_args(argv)
     out = results_folder(args, results_dir)
     check_replace(args, out, "demo_synthetic")
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         per_seed = run_demo(scratch, iters=args.iters, seeds=args.seeds, progress=False, threads=args.threads)
+    wall = time.perf_counter() - start
     md = report(per_seed, args.iters, max(args.iters // 3, 1), args.threads).replace(
         "# Demo: synthetic day -> dusk, lite backbone", "# Demo: synthetic day -> dusk (`uda-perturb demo`)", 1)
+    md += f"\n\nWall time of the whole demo: {wall:.0f} s."
     write_results(out, "demo_synthetic", {"seeds": args.seeds, "iters": args.iters, "threads": args.threads,
-                                          "results": strip(per_seed)}, md)
+                                          "wall_seconds": wall, "results": strip(per_seed)}, md)
     return 0

@@ -33,7 +33,8 @@ def image_thresholds(label_areas: Sequence[int], min_pixels: int, mode: str = "l
     """Per image, how many pixels of a class it must hold to be drawn for that class: ``min_pixels`` as DAFormer
     counts it on GTA5's full-resolution labels, scaled by the image's label area over that (``label_area``), or
     as is (``none``). Unscaled on CamVid (480 x 360, 9% of a GTA5 label) Pole, SignSymbol, Pedestrian and
-    Bicyclist kept 45, 55, 33 and 82 of 406 images while taking ~90% of the draws; scaled, 389, 362, 284, 175."""
+    Bicyclist kept 45, 55, 33 and 82 of 406 images while taking ~90% of the draws; scaled, 389, 362, 284, 175
+    (``benchmarks/results/rare_class_eligibility_camvid_day2dusk.md``)."""
     if mode not in MIN_PIXELS_SCALES:
         raise DataError(f"rare-class sampling min_pixels_scale must be one of {MIN_PIXELS_SCALES}, got {mode!r}")
     areas = np.asarray(label_areas, dtype=np.float64)
