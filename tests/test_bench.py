@@ -78,24 +78,25 @@ def test_aggregate_keeps_the_label_free_target_entropy(tmp_path):
     assert "pixel_accuracy" not in agg["x"]["t"]
 
 
-def test_protocol_gives_each_seed_its_own_warm_start_and_one_folder_per_run(tmp_path):
-    from uda_perturb.bench import Protocol
+def test_a_plan_gives_each_seed_its_own_warm_start_and_one_folder_per_run(tmp_path):
+    from uda_perturb.study import load_study
+    from uda_perturb.study.plan import make_plan
 
-    p = Protocol("camvid_pretrained", tmp_path, pre_iters=600, iters=100, adapt_lr=1e-4)
-    warm = p.warm_starts([True], [0, 1, 2])
-    assert [w.run_dir.name for w in warm] == ["pretrain_aug_s0", "pretrain_aug_s1", "pretrain_aug_s2"]
+    p = make_plan(load_study("ablate_dacs_camvid_pretrained"), tmp_path)
+    work = tmp_path / "compare_camvid_pretrained"  # the comparison's folder: its runs are reused
+    assert [w.run_dir for w in p.warm_starts()] == [work / f"pretrain_aug_s{s}" for s in (0, 1, 2)]
     run = p.adaptation("dacs+perturbation eps0.05", True, 2)
-    assert run.run_dir == tmp_path / "dacs_perturbation_eps0.05_aug_s2"
+    assert run.run_dir == work / "dacs_perturbation_eps0.05_aug_s2"
     assert run.label == "dacs+perturbation eps0.05 +aug"
-    assert f"model.weights={tmp_path / 'pretrain_aug_s2' / 'segmentor.pt'}" in run.overrides
+    assert f"model.weights={work / 'pretrain_aug_s2' / 'segmentor.pt'}" in run.overrides
     assert "data.target.transforms.photometric=true" in run.overrides and "train.lr=0.0001" in run.overrides
     # held-out dusk: adapt on frames 6690-7860, evaluate on 7890-8520
     assert any("frames: [6690, 7860]" in o for o in run.overrides)
     assert any("frames: [7890, 8520]" in o for o in run.overrides)
-    shared = Protocol("camvid", tmp_path, 3000, 500, 0.0025, shared_warm_start=True)
-    assert [w.run_dir.name for w in shared.warm_starts([False], [0, 1])] == ["pretrain_plain"]
-    weights = f"model.weights={tmp_path / 'pretrain_plain' / 'segmentor.pt'}"
-    assert weights in shared.adaptation("apoda", False, 1).overrides
+    shared = make_plan(load_study("ablate_apoda_camvid"), tmp_path, seeds=[0, 1])
+    assert [w.run_dir.name for w in shared.warm_starts()] == ["pretrain_plain"]
+    weights = f"model.weights={tmp_path / 'ablate_apoda_camvid' / 'pretrain_plain' / 'segmentor.pt'}"
+    assert weights in shared.adaptation("default", False, 1).overrides
 
 
 def test_paired_differences_are_taken_seed_by_seed(tmp_path):
@@ -164,19 +165,20 @@ def test_a_mutation_clone_is_reset_to_the_commit_without_a_left_mutant_backup_or
     assert ENV["PYTHONDONTWRITEBYTECODE"] == "1" and ENV["OMP_NUM_THREADS"] == "1"
 
 
-def test_every_setup_resolves_for_every_method_it_lists(tmp_path):
-    """Each setup's warm start and adaptation runs load as configs (a typo in an override or method fails here,
-    not an hour into a benchmark), and v3 adapts with the length and lr its learning curve chose."""
-    from uda_perturb.bench.setups import SETUPS, Protocol
+def test_every_packaged_study_resolves_and_v3_adapts_with_what_its_curve_chose(tmp_path):
+    """Each study's runs load as configs at read (a typo in an override or method fails there, not an hour into a
+    benchmark), and v3 adapts with the length and lr its learning curve chose."""
     from uda_perturb.config import load_config
+    from uda_perturb.study import load_study, packaged_studies
+    from uda_perturb.study.plan import make_plan
 
-    for name, setup in SETUPS.items():
-        p = Protocol(name, tmp_path, setup["pretrain_iters"], setup["iters"], setup["adapt_lr"])
-        for method in setup.get("methods", []):
-            run = p.adaptation(method, True, 0)
-            cfg = load_config(p.recipe, run.overrides)
-            assert cfg.train.iters == setup["iters"] and cfg.method.name == method.split("+")[0].split(" ")[0]
-        load_config(p.recipe, p.warm_start(True, 1).overrides)
-    v3 = SETUPS["camvid_pretrained_v3"]
-    assert (v3["iters"], v3["adapt_lr"]) == (500, 1e-4) and v3["target"] == "target_dusk_heldout"
-    assert SETUPS["camvid_rendered"]["target"] == "real_test"
+    for name in packaged_studies():
+        study = load_study(name)
+        plan = make_plan(study, tmp_path)
+        for run in plan.adaptations()[:len(study.methods)]:
+            cfg = load_config(study.recipe, run.overrides)
+            assert cfg.train.iters == study.adaptation.iters
+            assert cfg.method.name == study.methods[run.label.replace(" +aug", "")][0].split("=")[1]
+    v3 = load_study("camvid_pretrained_v3")
+    assert (v3.adaptation.iters, v3.adaptation.lr, v3.evaluation.target) == (500, 1e-4, "target_dusk_heldout")
+    assert load_study("camvid_rendered").evaluation.target == "real_test"

@@ -1,7 +1,7 @@
 """The v4 comparison's questions and the rendered regime's protocol rule, by value."""
 from uda_perturb.bench.answers import Question, answers_table, verdict
-from uda_perturb.bench.protocol_rendered import CANDIDATES, choose, v4_hours
-from uda_perturb.bench.setups import METHODS, PAIRS, SETUPS
+from uda_perturb.bench.protocol_rendered import STUDY, choose, model_of, v4_hours
+from uda_perturb.study import load_study
 
 
 def diff(mean, std, n=3, tail=0.0, head=0.0):
@@ -28,11 +28,18 @@ def test_the_answers_table_ends_with_the_budget():
 
 
 def test_v4_lists_eleven_methods_and_every_question_is_a_compared_pair():
-    setup = SETUPS["camvid_rendered_v4"]
-    assert len(setup["methods"]) == 11 and all(m in METHODS for m in setup["methods"])
-    pairs = {f"{a} - {b}" for a, b in PAIRS}
-    assert all(q.pair in pairs for q in setup["questions"])
-    assert "combine: sum" in " ".join(METHODS["apoda sum"])
+    study = load_study("camvid_rendered_v4")
+    assert len(study.methods) == 11 and study.budget_hours == 3
+    pairs = {f"{a} - {b}" for a, b in study.all_pairs()}
+    assert all(q.pair in study.pairs for q in study.questions) and len(pairs) == len(study.pairs) == 11
+    assert "combine: sum" in " ".join(study.methods["apoda sum"])
+    q = study.questions[0]
+    assert (q.pair, q.min_gain, q.tail_over_head) == ("apoda - adaptsegnet", 1.0, True)
+
+
+def test_a_question_without_class_groups_reports_the_miou_alone():
+    measured, v = verdict(Question("q", "a - b", min_gain=1.0), {"miou": {"mean": 2.0, "std": 0.4, "n": 3}})
+    assert (measured, v) == ("+2.0 ± 0.4 (n=3)", "met")
 
 
 def test_the_protocol_rule_takes_the_best_source_score_among_candidates_whose_v4_fits_the_budget():
@@ -43,6 +50,14 @@ def test_the_protocol_rule_takes_the_best_source_score_among_candidates_whose_v4
             "unmeasured": {"v4_hours": None, "source_test_miou": 50.0}}
     assert choose(rows) == "os16_180" and choose(rows, budget_hours=2.5) == "os16"
     assert choose({"os8": rows["os8"]}) is None
-    assert set(CANDIDATES) >= {"os8", "os16"} and CANDIDATES["os8"].overrides() == []
+    study = load_study(STUDY)  # the candidates: os8 is the recipe's protocol, the others change only the network/size
+    assert list(study.methods) == ["os8", "os16", "os16_180", "os16_150"] and study.methods["os8"] == [
+        "method.name=source_only"]
+    from uda_perturb.config import load_config
+    from uda_perturb.study.plan import make_plan
+
+    run = make_plan(study, "w").adaptation("os16_180", False, 0)
+    net = model_of(load_config(study.recipe, run.overrides))
+    assert net["backbone_kwargs"]["output_stride"] == 16 and net["head_kwargs"]["atrous_rates"] == (2, 3, 5)
     # 3 warm starts of 600 iterations and 3 x 500 iterations of each method, over 2 jobs
     assert v4_hours(2.0, {"a": 1.0, "b": 3.0}) == (3 * 600 * 2.0 + 3 * 500 * 4.0) / 2 / 3600

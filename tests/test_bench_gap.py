@@ -1,12 +1,13 @@
 """The share of a measured domain gap each method closes (compare's gap section)."""
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from uda_perturb.bench.gap import gap_closed, gap_table, read_gap
-from uda_perturb.bench.setups import SETUPS
+from uda_perturb.study import load_study, packaged_studies
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
@@ -47,8 +48,8 @@ def test_read_gap_is_real_minus_rendered_and_none_without_a_record(tmp_path):
     assert read_gap(tmp_path / "bad.json") is None
 
 
-def test_every_setups_gap_record_is_committed():
-    records = {k: v["gap_record"] for k, v in SETUPS.items() if "gap_record" in v}
+def test_every_studys_gap_record_is_committed():
+    records = {k: s.gap_record for k in packaged_studies() if (s := load_study(k)).gap_record}
     assert records == {"camvid_rendered": "setup_camvid_rendered.json",
                        "camvid_rendered_v4": "setup_camvid_rendered_v4.json"}
     assert read_gap(RESULTS / records["camvid_rendered"]) == pytest.approx(32.08 - 19.01)
@@ -80,24 +81,26 @@ def test_every_method_is_measured_against_source_only_of_its_own_seed(tmp_path):
 
 
 def test_the_comparison_report_has_the_gap_section_and_json_only_with_a_gap(tmp_path):
-    import argparse
+    from uda_perturb.bench.runner import FINGERPRINT
+    from uda_perturb.study.plan import make_plan
+    from uda_perturb.study.report import write_report
 
-    from uda_perturb.bench import aggregate
-    from uda_perturb.bench.compare import report
-    from uda_perturb.bench.gap import closed_by_method
-    from uda_perturb.bench.setups import Protocol
-
-    runs = [fake(tmp_path, "source_only +aug", s, 20.0 + s) for s in (0, 1)]
-    runs += [fake(tmp_path, "dacs +aug", s, 24.0 + 2 * s) for s in (0, 1)]
-    protocol = Protocol("camvid_rendered", tmp_path / "work", 600, 500, 1e-4)
-    args = argparse.Namespace(dataset="camvid_rendered", jobs=2, threads=1, overrides=[], shared_warm_start=False)
-    costs = {k: {"seconds_per_iter": 1.0, "relative_to_source_only": 1.0} for k in ("source_only +aug", "dacs +aug")}
-    closed = (10.0, closed_by_method(runs, ["source_only", "dacs"], [" +aug"], "real_test", 10.0))
-    for gap, stem in ((closed, "with"), (None, "without")):
-        report(args, protocol, tmp_path / "out", aggregate(runs), stem, [0, 1], 1.0, 4.0, costs, {}, "wall", {}, gap)
+    study = load_study("camvid_rendered")
+    (tmp_path / "gap.json").write_text(json.dumps({"mean_miou": {"real": 30.0, "rendered": 20.0}}))
+    for gap, stem in ((str(tmp_path / "gap.json"), "with"), (None, "without")):
+        plan = make_plan(replace(study, gap_record=gap), tmp_path / "work", [0, 1], ["source_only", "dacs"])
+        for r in plan.adaptations():  # finished runs with these very settings: a fingerprint and results
+            r.run_dir.mkdir(parents=True, exist_ok=True)
+            (r.run_dir / FINGERPRINT).write_text(json.dumps(r.fingerprint(study.recipe)))
+            miou = 20.0 + r.seed if r.label.startswith("source_only") else 24.0 + 2 * r.seed
+            res = {s: {"iou": {"Road": miou}, "miou": miou, "miou_tail": miou, "miou_head": miou}
+                   for s in ("real_test", "source_test")}
+            (r.run_dir / "results.json").write_text(json.dumps({"results": res, "train_seconds": 1.0}))
+        write_report(plan, tmp_path / "out", stem)
     md = (tmp_path / "out" / "with.md").read_text()
-    assert "## Share of the gap closed on real_test" in md and "setup_camvid_rendered.md" in md
+    assert "## Share of the gap closed on real_test" in md and "gap.md" in md
     assert "| dacs +aug - source_only +aug | +45% ± 5% | +40%, +50% | met |" in md
+    assert "Partial report: 4 of 6 runs finished" in md  # the two warm starts have not run
     data = json.loads((tmp_path / "out" / "with.json").read_text())
     assert data["gap_points"] == 10.0 and data["gap_closed"]["dacs +aug - source_only +aug"]["n"] == 2
     assert "Share of the gap" not in (tmp_path / "out" / "without.md").read_text()

@@ -11,8 +11,6 @@ import pytest
 import torch
 from helpers import TINY, die_during_step
 
-from uda_perturb.bench.compare import main as compare_main
-from uda_perturb.bench.compare import results_stem
 from uda_perturb.bench.report import ResultsExistError, check_replace, results_folder
 from uda_perturb.bench.runner import FINGERPRINT, STARTED, Run, launch, lock_path, run_all, start_weights
 from uda_perturb.config import load_config
@@ -23,11 +21,30 @@ def _args(results_dir=None, force=False, work_dir="w"):
     return argparse.Namespace(results_dir=results_dir, force=force, work_dir=work_dir)
 
 
-def test_results_folder_quick_runs_never_land_in_the_default_folder(tmp_path):
+def compare_main(argv, results_dir):
+    """benchmarks/compare.py: a packaged study run with the committed results folder."""
+    from uda_perturb.study import main
+
+    i = argv.index("--dataset")
+    return main(["run", argv[i + 1], *argv[:i], *argv[i + 2:]], results_default=results_dir)
+
+
+def test_results_folder_is_the_given_one_else_the_default(tmp_path):
     default = tmp_path / "benchmarks" / "results"
     assert results_folder(_args(), default) == default
-    assert results_folder(_args(work_dir=str(tmp_path / "runs")), default, quick=True) == tmp_path / "runs" / "results"
-    assert results_folder(_args(results_dir=str(tmp_path / "x")), default, quick=True) == tmp_path / "x"
+    assert results_folder(_args(results_dir=str(tmp_path / "x")), default) == tmp_path / "x"
+
+
+def test_a_quick_study_never_writes_its_report_in_the_committed_folder(tmp_path):
+    from uda_perturb.study import _results, build_parser, load_study
+    from uda_perturb.study.plan import make_plan
+
+    args = build_parser().parse_args(["run", "synthetic", "--quick"])
+    args.results_default = tmp_path / "benchmarks" / "results"
+    plan = make_plan(load_study("synthetic"), tmp_path / "runs", quick=True)
+    assert _results(args, plan) == tmp_path / "runs" / "compare_synthetic_quick"
+    args.quick = False
+    assert _results(args, plan) == tmp_path / "benchmarks" / "results"
 
 
 def test_existing_results_are_replaced_only_with_force_or_an_explicit_folder(tmp_path, capsys):
@@ -46,18 +63,25 @@ def test_compare_refuses_before_training_anything(tmp_path):
     results.mkdir()
     (results / "compare_synthetic.json").write_text("{}")
     with pytest.raises(ResultsExistError, match="--force"):
-        compare_main(["--dataset", "synthetic", "--methods", "source_only", "--aug", "off",
+        compare_main(["--dataset", "synthetic", "--methods", "source_only", "--with", "augmentation=[false]",
                       "--work-dir", str(tmp_path / "runs")], results_dir=results)
     assert not (tmp_path / "runs").exists()  # refused before any run started
     assert (results / "compare_synthetic.json").read_text() == "{}"
 
 
 def test_a_seed_subset_has_its_own_results_stem_over_the_same_run_folder():
-    assert results_stem("compare_camvid", [0, 1, 2], explicit=False) == "compare_camvid"
-    assert results_stem("compare_camvid", [0], explicit=False) == "compare_camvid_seeds0"
-    assert results_stem("compare_camvid", [0, 2], explicit=False) == "compare_camvid_seeds0-2"
-    assert results_stem("compare_camvid", [2, 1, 0], explicit=False) == "compare_camvid_seeds2-1-0"
-    assert results_stem("mine", [0], explicit=True) == "mine"
+    from uda_perturb.study import _stem, build_parser, load_study
+    from uda_perturb.study.plan import make_plan
+
+    study = load_study("camvid")
+
+    def stem(*flags, seeds=None):
+        return _stem(build_parser().parse_args(["report", "camvid", *flags]), make_plan(study, "w", seeds))
+
+    assert stem() == stem(seeds=[0, 1, 2]) == "compare_camvid"
+    assert stem(seeds=[0]) == "compare_camvid_seeds0" and stem(seeds=[0, 2]) == "compare_camvid_seeds0-2"
+    assert stem(seeds=[2, 1, 0]) == "compare_camvid_seeds2-1-0"
+    assert stem("--name", "mine", seeds=[0]) == "mine" and stem("--quick") == "compare_camvid_quick"
 
 
 def test_a_partial_comparison_neither_replaces_nor_is_named_as_the_full_one(tmp_path):
@@ -66,17 +90,11 @@ def test_a_partial_comparison_neither_replaces_nor_is_named_as_the_full_one(tmp_
     (results / "compare_synthetic.json").write_text("{}")
     calls = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("uda_perturb.bench.compare.run_all", lambda recipe, runs, *a: calls.append(runs))
-        mp.setattr("uda_perturb.bench.compare.report", lambda args, protocol, out, agg, name, *a: calls.append(
-            (protocol.work.name, name)))
-        mp.setattr("uda_perturb.bench.compare.aggregate", lambda runs: {})
-        mp.setattr("uda_perturb.bench.compare.train_seconds", lambda runs, clock="train_seconds": 0.0)
-        mp.setattr("uda_perturb.bench.compare.cost_clock", lambda runs: "train_seconds")
-        mp.setattr("uda_perturb.bench.compare.relative_cost", lambda runs, iters, clock: {})
-        mp.setattr("uda_perturb.bench.compare.paired_differences", lambda runs, pairs, target: {})
-        mp.setattr("uda_perturb.bench.compare.objective_stats", lambda runs: {})
-        compare_main(["--dataset", "synthetic", "--seeds", "0", "--methods", "source_only", "--aug", "off",
-                      "--work-dir", str(tmp_path / "runs")], results_dir=results)
+        mp.setattr("uda_perturb.study.launchers.run_all", lambda recipe, runs, *a: calls.append(runs))
+        mp.setattr("uda_perturb.study.write_report", lambda plan, out, stem, *a: calls.append(
+            (plan.work.name, stem)) or results / "compare_synthetic.json")
+        compare_main(["--dataset", "synthetic", "--seeds", "0", "--methods", "source_only", "--with",
+                      "augmentation=[false]", "--work-dir", str(tmp_path / "runs")], results_dir=results)
     assert calls[-1] == ("compare_synthetic", "compare_synthetic_seeds0")  # the full run folder, its own stem
     assert (results / "compare_synthetic.json").read_text() == "{}"
 

@@ -1,5 +1,7 @@
 """camvid_rendered: images made from label maps alone, deterministic per (seed, frame, style), real labels, and the
 camvid_rendered2real recipe's sequences kept apart."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -190,32 +192,32 @@ def test_rendered2real_recipe_keeps_rendered_and_real_sequences_apart_and_holds_
     assert cfg.data.eval["real_test"].options == {"sequences": ["Seq05VD"]}  # dusk test frames never count
 
 
-def test_gap_benchmark_trains_the_same_recipe_on_renderings_and_on_the_photos(tmp_path):
-    """The two arms of the gap differ only in the source dataset: rendered 0016E5 vs the same frames' photos."""
-    from uda_perturb.bench.rendered_gap import RECIPE, runs
+def test_the_gap_study_trains_the_same_recipe_on_renderings_and_on_the_photos(tmp_path):
+    """The two arms of the gap differ only in the source dataset: rendered 0016E5 vs the same frames' photos;
+    a protocol's network (--set) reaches both."""
     from uda_perturb.config import to_dict
     from uda_perturb.engine.checkpoint import flatten
+    from uda_perturb.study import load_study
+    from uda_perturb.study.plan import make_plan
 
-    arms = runs(tmp_path, [0, 1], iters=50)
-    assert [r.seed for r in arms["rendered"]] == [0, 1] and arms["real"][1].run_dir == tmp_path / "real_s1"
-    rendered, real = (flatten(to_dict(load_config(RECIPE, arms[k][0].overrides))) for k in ("rendered", "real"))
+    study = load_study("setup_camvid_rendered_gap")
+    plan = make_plan(study, tmp_path, seeds=[0, 1], extra=["model.backbone_options.output_stride=16"])
+    assert [r.seed for r in plan.adaptations()] == [0, 0, 1, 1] and plan.warm_starts() == []
+    assert plan.adaptation("real", False, 1).run_dir == tmp_path / "setup_camvid_rendered_gap" / "real_plain_s1"
+    rendered, real = (flatten(to_dict(load_config(study.recipe, plan.adaptation(k, False, 0).overrides)))
+                      for k in ("rendered", "real"))
     differ = sorted(k for k in set(rendered) | set(real) if rendered.get(k) != real.get(k))
     assert all(k.startswith("data.source.") for k in differ) and "data.source.name" in differ
     assert real["data.source.name"] == "camvid" and real["data.source.options.sequences"] == ["0016E5"]
     assert real["data.source.split"] == rendered["data.source.split"] == ["train", "val"]
-    assert rendered["train.iters"] == real["train.iters"] == 50
-
-
-def test_gap_arms_share_the_protocols_overrides(tmp_path):
-    """A protocol's network and size reach both arms; the arms still differ only in the source dataset."""
-    from uda_perturb.bench.rendered_gap import RECIPE, runs
-    from uda_perturb.config import to_dict
-    from uda_perturb.engine.checkpoint import flatten
-
-    extra = ["model.backbone_options.output_stride=16", "data.source.transforms.size=[180, 240]"]
-    arms = runs(tmp_path, [0], iters=50, overrides=extra)
-    rendered, real = (flatten(to_dict(load_config(RECIPE, arms[k][0].overrides))) for k in ("rendered", "real"))
+    assert rendered["train.iters"] == real["train.iters"] == 600
     assert rendered["model.backbone_options.output_stride"] == real["model.backbone_options.output_stride"] == 16
-    assert rendered["data.source.transforms.size"] == real["data.source.transforms.size"] == [180, 240]
-    differ = sorted(k for k in set(rendered) | set(real) if rendered.get(k) != real.get(k))
-    assert all(k.startswith("data.source.") for k in differ) and "data.source.transforms.size" not in differ
+
+
+def test_a_gap_study_report_is_a_gap_record(tmp_path):
+    from uda_perturb.bench.gap import read_gap
+
+    res = {k: {"seeds": 1, "real_test": {"miou": {"mean": m, "std": 0.0, "n": 1}}} for k, m in (("real", 30.5),
+                                                                                              ("rendered", 12.0))}
+    (tmp_path / "gap.json").write_text(json.dumps({"results": res}))
+    assert read_gap(tmp_path / "gap.json") == pytest.approx(18.5)

@@ -110,10 +110,15 @@ def test_checkpoint_errors_name_the_mismatch_and_the_fix(tmp_path, capsys):
     assert "is not a torch file" in capsys.readouterr().err
 
 
-def test_bench_help_names_the_cli_command(capsys):
+def test_study_help_names_the_cli_command_and_its_actions(capsys):
     with pytest.raises(SystemExit):
-        main(["bench", "--help"])
-    assert capsys.readouterr().out.startswith("usage: uda-perturb bench")
+        main(["study", "--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: uda-perturb study") and "{run,status,report}" in out
+    assert main(["list", "studies"]) == 0
+    assert "gta5_cityscapes_apoda" in capsys.readouterr().out
+    assert main(["study", "run", "no_such_study"]) == 2
+    assert "study 'no_such_study' not found" in capsys.readouterr().err
 
 
 def test_resume_with_more_iterations_says_so(tmp_path, capsys):

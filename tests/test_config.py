@@ -45,10 +45,10 @@ def test_missing_recipe_suggests():
 
 
 def test_the_v4_recipe_builds_the_network_v4s_comparison_trained():
-    from uda_perturb.bench.setups import SETUPS
+    from uda_perturb.study import load_study
 
     shipped = load_config("camvid_rendered2real_v4")
-    setup = SETUPS["camvid_rendered_v4"]
-    overridden = load_config(setup["recipe"], setup["overrides"])
+    study = load_study("camvid_rendered_v4")
+    overridden = load_config(study.recipe, study.overrides)
     assert shipped.model == overridden.model and shipped.model.backbone_options["output_stride"] == 16
     assert shipped.data == overridden.data and shipped.train == overridden.train

@@ -1,4 +1,4 @@
-"""``uda-perturb`` command line: train, eval, predict, list, demo, bench."""
+"""``uda-perturb`` command line: train, eval, predict, list, demo, study."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +13,22 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML recipe: a path or a packaged name (see `uda-perturb list recipes`)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override, e.g. --set train.iters=2000 (repeatable)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import a module first: one that registers your own methods, add-ons, backbones or "
+                        "datasets (repeatable)")
+
+
+def _import_modules(modules: Sequence[str]) -> None:
+    """``--import``: the user's modules, imported before the recipe is read so their registrations count."""
+    import importlib
+
+    from .errors import ConfigError
+
+    for m in modules:
+        try:
+            importlib.import_module(m)
+        except ImportError as exc:
+            raise ConfigError(f"--import {m}: {exc}") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -20,6 +36,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .engine import Trainer, TrainingInterrupted
 
+    _import_modules(args.imports)
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(args.run_dir or Path("runs") / cfg.name)
     trainer = Trainer(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
@@ -114,6 +131,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .config import load_config
     from .engine.trainer import evaluate_splits
 
+    _import_modules(args.imports)
     cfg = load_config(args.config, args.overrides)
     for res in evaluate_splits(_load_segmentor(cfg, args.checkpoint), cfg, progress=True).values():
         print(res["table"], "\n")
@@ -130,6 +148,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .engine.evaluate import predict_logits
     from .visualize import colorize, overlay
 
+    _import_modules(args.imports)
     cfg = load_config(args.config, args.overrides)
     seg = _load_segmentor(cfg, args.checkpoint)
     palette = _palette_for(cfg)
@@ -192,16 +211,20 @@ CHECKPOINT_HELP = ("a run folder (its segmentor.pt, the final weights, or while 
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    """``uda-perturb list``: registry contents and packaged recipes."""
+    """``uda-perturb list``: registry contents, packaged recipes and studies."""
     import uda_perturb as up
 
     from .config import list_recipes
 
     regs = up.registries()
-    kinds = [args.kind] if args.kind else [*regs, "recipes"]
+    kinds = [args.kind] if args.kind else [*regs, "recipes", "studies"]
     for kind in kinds:
         if kind == "recipes":
             names = list_recipes()
+        elif kind == "studies":
+            from .study.spec import packaged_studies
+
+            names = packaged_studies()
         elif kind in regs:
             names = regs[kind].list(args.include)
         else:
@@ -209,9 +232,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
             from .errors import UnknownNameError
 
-            close = difflib.get_close_matches(kind, [*regs, "recipes"], n=1)
+            close = difflib.get_close_matches(kind, [*regs, "recipes", "studies"], n=1)
             raise UnknownNameError(f"unknown kind {kind!r}" + (f"; did you mean {close[0]!r}?" if close else "")
-                                   + f" (kinds: {', '.join([*regs, 'recipes'])})")
+                                   + f" (kinds: {', '.join([*regs, 'recipes', 'studies'])})")
         print(f"{kind}: {', '.join(names)}")
     return 0
 
@@ -224,13 +247,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
              progress=not args.no_progress, adapt_iters=args.adapt_iters if not args.quick else 6,
              threads=args.demo_threads)
     return 0
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    """``uda-perturb bench``: the comparison benchmark."""
-    from .bench import main as bench_main
-
-    return bench_main(args.bench_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,9 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="predictions", help="folder for <image>_pred.png and <image>_overlay.png")
     p.add_argument("images", nargs="+", help="image files, or folders standing for the images in them")
     p.set_defaults(func=cmd_predict)
-    p = sub.add_parser("list", help="list registries and packaged recipes")
+    p = sub.add_parser("list", help="list registries, packaged recipes and packaged studies")
     p.add_argument("kind", nargs="?", help="backbones, heads, discriminators, attacks, defenses, methods, "
-                                           "datasets, addons or recipes")
+                                           "datasets, addons, recipes or studies")
     p.add_argument("--include", default="*", help="fnmatch filter")
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("demo", help="per seed, warm-start source-only on the embedded synthetic data, then "
@@ -281,9 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="20 iterations, seed 0: a smoke test")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("bench", help="method comparison benchmark (see benchmarks/compare.py)")
-    p.add_argument("bench_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("study", help="run / status / report of a study file: a comparison over methods and seeds, "
+                                     "here or on a SLURM cluster (uda-perturb study -h)")
+    p.add_argument("study_args", nargs=argparse.REMAINDER)
     return ap
 
 
@@ -294,10 +310,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     debug = "--debug" in argv[:1]
     try:
-        if argv[:1] == ["bench"]:  # argparse's REMAINDER drops leading options: hand them over untouched
-            from .bench import main as bench_main
+        if argv[:1] == ["study"]:  # argparse's REMAINDER drops leading options: hand them over untouched
+            from .study import main as study_main
 
-            return int(bench_main(argv[1:], prog="uda-perturb bench") or 0)
+            return int(study_main(argv[1:]) or 0)
         args = build_parser().parse_args(argv)
         debug = args.debug
         _set_threads(getattr(args, "threads", None))

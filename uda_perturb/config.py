@@ -183,6 +183,17 @@ def resolve_path(name: str | Path, relative_to: Optional[Path] = None) -> Path:
     raise FileNotFoundError(f"config {name!r} not found.{hint} Packaged recipes: {', '.join(avail)}")
 
 
+def read_mapping(path: Path, kind: str = "config") -> dict:
+    """A YAML file's top-level mapping, read with a safe loader; a one-line error naming the file otherwise."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{kind} {path}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{kind} {path} must hold a mapping at top level")
+    return data
+
+
 def load_raw(name: str | Path, _seen: Optional[set] = None) -> dict:
     """Read a YAML recipe with a safe loader, following ``base:`` (a name or list of names) first."""
     path = resolve_path(name)
@@ -190,12 +201,7 @@ def load_raw(name: str | Path, _seen: Optional[set] = None) -> dict:
     if path.resolve() in seen:
         raise ConfigError(f"config {path} includes itself through 'base:'")
     seen.add(path.resolve())
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path}: invalid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {path} must hold a mapping at top level")
+    data = read_mapping(path)
     bases = data.pop("base", [])
     merged: dict = {}
     for b in [bases] if isinstance(bases, str) else bases:

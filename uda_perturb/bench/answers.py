@@ -26,8 +26,10 @@ def verdict(q: Question, d: Optional[dict[str, Any]]) -> tuple[str, str]:
         return "not run", "not answered"
     m = d["miou"]
     n, mean, std = m["n"], m["mean"], m["std"]
-    tail, head = d["miou_tail"]["mean"], d["miou_head"]["mean"]
-    measured = f"{mean:+.1f} ± {std:.1f} (n={n}); tail {tail:+.1f}, head {head:+.1f}"
+    nan = {"mean": float("nan")}
+    tail, head = d.get("miou_tail", nan)["mean"], d.get("miou_head", nan)["mean"]
+    measured = f"{mean:+.1f} ± {std:.1f} (n={n})"
+    measured += f"; tail {tail:+.1f}, head {head:+.1f}" if "miou_tail" in d else ""
     if n < 2:
         return measured, "needs 2+ seeds"
     beyond = abs(mean) > 2 * std

@@ -19,9 +19,10 @@ SUFFIXES = tuple(f"_{s}" for s in STATISTICS)
 
 def run_means(run: Run) -> dict[str, float]:
     """``{side_objective_statistic: mean over the logged iterations}`` of one finished run (nothing for a run
-    logged before the loss statistics existed: see the module docstring)."""
+    logged before the loss statistics existed: see the module docstring, or without a metrics log)."""
     sums: dict[str, list[float]] = {}
-    for line in (run.run_dir / "metrics.jsonl").read_text().splitlines():
+    log = run.run_dir / "metrics.jsonl"
+    for line in log.read_text().splitlines() if log.is_file() else []:
         for key, value in json.loads(line).items():
             if key.startswith(PREFIX) and key.endswith(SUFFIXES):
                 sums.setdefault(key[len(PREFIX):], []).append(float(value))

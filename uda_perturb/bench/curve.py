@@ -14,7 +14,6 @@ from typing import Any, Optional, Sequence
 
 from .report import add_results_options, check_replace, environment, pyplot, results_folder, write_results
 from .runner import Run, run_all
-from .setups import METHODS, SETUPS, Protocol
 
 
 def curve(run: Run) -> list[dict[str, Any]]:
@@ -39,8 +38,8 @@ def choose(points: dict[str, list[dict]], source: str, target: str, tolerance: f
 def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = None) -> int:
     """Warm start, one run per (method, lr), the curves and the rule's pick."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", choices=sorted(SETUPS), default="camvid_pretrained")
-    ap.add_argument("--methods", nargs="+", default=["source_only", "dacs"], choices=list(METHODS))
+    ap.add_argument("--dataset", default="camvid_pretrained", help="a packaged study or study file: its protocol")
+    ap.add_argument("--methods", nargs="+", default=["source_only", "dacs"], help="labels of the study's methods")
     ap.add_argument("--select", default="dacs", help="the method whose curve chooses length and lr")
     ap.add_argument("--iters", type=int, default=600)
     ap.add_argument("--pretrain-iters", type=int, help="warm start iterations (default: the setup's)")
@@ -55,31 +54,39 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
     ap.add_argument("--work-dir", default="runs/bench", help="the comparison's work folder (warm starts reused)")
     add_results_options(ap)
     args = ap.parse_args(argv)
-    setup = SETUPS[args.dataset]
-    name = f"curve_{args.dataset}"
+    from dataclasses import replace
+
+    from ..study.plan import make_plan
+    from ..study.spec import load_study
+
+    study = load_study(args.dataset)
+    if args.pretrain_iters and study.warm_start:
+        study = replace(study, warm_start=replace(study.warm_start, iters=args.pretrain_iters))
+    name = f"curve_{Path(args.dataset).stem}"
     out = results_folder(args, results_dir)
     check_replace(args, out, name, [f"{name}.png"])
-    lrs = args.lrs or [setup["adapt_lr"]]
-    on = setup.get("aug", "off") == "on"
-    base = Protocol(args.dataset, Path(args.work_dir) / f"compare_{args.dataset}",
-                    args.pretrain_iters or setup["pretrain_iters"], args.iters, lrs[0])
+    lrs = args.lrs or [study.adaptation.lr]
+    on = study.augmentation[-1]
+    base = make_plan(study, args.work_dir, [args.seed], args.methods)
     warm = base.warm_start(on, args.seed)
+    assert warm is not None, "a learning curve starts from the study's warm start"
     runs: dict[tuple[str, float], Run] = {}
     for lr in lrs:
-        p = Protocol(args.dataset, base.work, base.pre_iters, args.iters, lr,
-                     [f"train.eval_every={args.every}", *args.overrides])
+        adapt = replace(study, adaptation=replace(study.adaptation, iters=args.iters, lr=lr))
+        p = make_plan(adapt, args.work_dir, [args.seed], args.methods, [f"train.eval_every={args.every}",
+                                                                         *args.overrides])
         for m in args.methods:
             r = p.adaptation(m, on, args.seed)
             runs[(m, lr)] = Run(r.label, r.overrides, base.work / f"curve_{r.run_dir.name}_lr{lr:g}_i{args.iters}",
                                 r.seed)
     logs = base.work / "logs"
-    run_all(base.recipe, [warm, *runs.values()], args.jobs, logs)
-    t, s = setup["target"], setup["source"]
+    run_all(study.recipe, [warm, *runs.values()], args.jobs, logs)
+    t, s = study.evaluation.target, str(study.evaluation.source)
     curves = {f"{m} lr {lr:g}": curve(r) for (m, lr), r in runs.items()}
     pick_lr, pick_iter = choose({f"{lr:g}": curves[f"{args.select} lr {lr:g}"] for lr in lrs}, s, t, args.tolerance)
     warm_res = warm.record()["results"]
     md = [f"# Learning curves on {args.dataset} (seed {args.seed})", "",
-          f"From one source-only warm start ({base.pre_iters} iterations), {args.iters} adaptation iterations per "
+          f"From one source-only warm start ({base.warm_iters} iterations), {args.iters} adaptation iterations per "
           f"run, evaluated every {args.every}. Label-free rule on `{args.select}`: the best {s} mIoU, then within "
           f"{args.tolerance} points the lowest mean entropy on the unlabelled {t} images. **It picks lr {pick_lr}, "
           f"{pick_iter} iterations.** {t} mIoU is shown, not used.", "",

@@ -16,7 +16,9 @@ def read_gap(record: Path) -> Optional[float]:
     """The gap in mIoU points of a gap record (``mean_miou``: ``real`` minus ``rendered``); None when the record
     is missing, so a report without it simply has no gap section."""
     try:
-        means = json.loads(Path(record).read_text())["mean_miou"]
+        data = json.loads(Path(record).read_text())  # setup_camvid_rendered_gap's report, or an older record
+        means = data.get("mean_miou") or {k: data["results"][k]["real_test"]["miou"]["mean"] for k in ("real",
+                                                                                                       "rendered")}
     except (OSError, ValueError, KeyError):
         return None
     return float(means["real"]) - float(means["rendered"])

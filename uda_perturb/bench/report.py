@@ -42,25 +42,19 @@ class ResultsExistError(UserError, FileExistsError):
     """A benchmark would replace results files it was not asked to replace."""
 
 
-def add_results_options(ap: argparse.ArgumentParser, quick_default: bool = False) -> None:
+def add_results_options(ap: argparse.ArgumentParser) -> None:
     """``--results-dir`` and ``--force``, shared by every benchmark."""
-    where = "<work-dir>/results for --quick runs, else " if quick_default else ""
-    ap.add_argument("--results-dir", help=f"where the results files go (default: {where}benchmarks/results, where "
-                                          "existing files are replaced only with --force); a folder given here "
-                                          "is written to freely")
+    ap.add_argument("--results-dir", help="where the results files go (default: benchmarks/results, where existing "
+                                          "files are replaced only with --force); a folder given here is written to "
+                                          "freely")
     ap.add_argument("--force", action="store_true",
                     help="replace existing results files in the default folder (a deliberate full run; the files "
                          "replaced are named)")
 
 
-def results_folder(args: argparse.Namespace, default: Optional[Path], quick: bool = False) -> Path:
-    """Where a benchmark writes: ``--results-dir`` when given; a quick (smoke) run's own folder under its work
-    folder, never the committed results; else ``default`` (the entry points' ``benchmarks/results``)."""
-    if args.results_dir:
-        return Path(args.results_dir)
-    if quick:
-        return Path(getattr(args, "work_dir", "runs/bench")) / "results"
-    return Path(default or DEFAULT_RESULTS)
+def results_folder(args: argparse.Namespace, default: Optional[Path]) -> Path:
+    """Where a benchmark writes: ``--results-dir`` when given, else ``default`` (``benchmarks/results``)."""
+    return Path(args.results_dir) if args.results_dir else Path(default or DEFAULT_RESULTS)
 
 
 def check_replace(args: argparse.Namespace, folder: Path, stem: str, plots: Sequence[str] = ()) -> None:
@@ -268,7 +262,7 @@ def paired_differences(runs: Sequence[Run], pairs: Sequence[tuple[str, str]], sp
         if not seeds:
             continue
         out[f"{a} - {b}"] = {}
-        for m in metrics:
+        for m in (m for m in metrics if m in by[(a, seeds[0])]):  # a recipe without class groups: mIoU only
             d = [by[(a, s)][m] - by[(b, s)][m] for s in seeds]
             out[f"{a} - {b}"][m] = {**_stats(d), "per_seed": [round(x, 2) for x in d]}
     return out
@@ -279,7 +273,7 @@ def differences_table(diffs: dict[str, dict[str, dict]], split: str) -> str:
     of mIoU, tail and head."""
     lines = [f"| pair ({split}) | mIoU | tail mIoU | head mIoU | mIoU per seed |", "|---|---|---|---|---|"]
     for pair, d in diffs.items():
-        cells = [mean_std(d[m], 1, signed=True) for m in ("miou", "miou_tail", "miou_head")]
+        cells = [mean_std(d[m], 1, signed=True) if m in d else "-" for m in ("miou", "miou_tail", "miou_head")]
         lines.append(f"| {pair} | " + " | ".join(cells) + " | " + ", ".join(f"{x:+.1f}" for x in d["miou"]["per_seed"])
                      + " |")
     return "\n".join(lines)

@@ -29,6 +29,9 @@ def photometric(on: bool) -> list[str]:
     return [f"{k}={str(on).lower()}" for k in PHOTOMETRIC_KEYS]
 
 
+# the training process of the run this process launched last: a cluster job's preemption handler stops it
+# (SIGTERM: it writes a checkpoint first) before the job is requeued
+CHILD: Optional[subprocess.Popen] = None
 FINGERPRINT = "fingerprint.json"
 STARTED = "fingerprint.started.json"  # written when a run starts: a folder cut off mid-run may resume only as it
 # keys that do not change what a run computes: a checkpoint cadence (resume is bit-exact), and the start weights'
@@ -56,6 +59,7 @@ class Run:
     overrides: list[str]
     run_dir: Path
     seed: int = 0
+    imports: Sequence[str] = ()  # modules registering a user's methods, imported by the training process
 
     def fingerprint(self, recipe: str) -> dict[str, Any]:
         """What the run is: its resolved config (method, options, iterations, lr, seed, data...) and the content
@@ -143,23 +147,30 @@ def _launch_locked(recipe: str, run: Run, log_dir: Path, threads: int) -> float:
         print(f"{run.run_dir}: holds a run made with other settings ({shown}); training it again", flush=True)
     resume = run.resumable(recipe, want)
     log_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "uda_perturb", "train", recipe, "--run-dir", str(run.run_dir), "--no-progress"]
+    cmd = train_command(recipe, run) + ["--no-progress"]
     if resume:
         cmd.append("--resume")
     else:  # cleared here (a folder holding files no run writes is refused), then marked as started for this run
         clear_run(run.run_dir)
         run.run_dir.mkdir(parents=True, exist_ok=True)
         (run.run_dir / STARTED).write_text(json.dumps(want, indent=1))
-    for o in run.overrides + [f"seed={run.seed}"]:
-        cmd += ["--set", o]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     start = time.time()
+    global CHILD
     with open(log_dir / f"{run.run_dir.name}.log", "a" if resume else "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"run {run.run_dir.name} failed (exit {proc.returncode}); see {log_dir}")
+        CHILD = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        code = CHILD.wait()
+    if code != 0:
+        raise RuntimeError(f"run {run.run_dir.name} failed (exit {code}); see {log_dir}")
     (run.run_dir / FINGERPRINT).write_text(json.dumps(want, indent=1))
     return time.time() - start
+
+
+def train_command(recipe: str, run: Run) -> list[str]:
+    """The command line that trains ``run`` (its user modules imported first)."""
+    cmd = [sys.executable, "-m", "uda_perturb", "train", recipe, "--run-dir", str(run.run_dir)]
+    cmd += [a for m in run.imports for a in ("--import", m)]
+    return cmd + [a for o in run.overrides + [f"seed={run.seed}"] for a in ("--set", o)]
 
 
 def start_weights(run: Run) -> Optional[str]:
