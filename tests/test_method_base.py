@@ -114,3 +114,52 @@ def test_minent_terms_follow_each_levels_weight_at_the_step():
     zero = build_method("advent", segmentor(multi_level=True), [], {"ndf": 4, "minent_weights": [0.0, 0.0002]})
     assert {k for k in zero.generator_losses(zero.forward_domains(source, target)) if k.startswith("ent")} == {
         "ent_aux"}  # a weight of 0 adds no term
+
+
+def test_a_fresh_step_state_and_result_hold_nothing_but_what_they_were_given():
+    from uda_perturb.methods.base import StepResult, StepState
+
+    a = StepState("out", "labels", (4, 6))
+    optional = ("target", "target_size", "mixed_labels", "mixed_weights", "pseudo_labels", "pseudo_weights",
+                "teacher_image", "source_batch", "target_batch")
+    assert all(getattr(a, f) is None for f in optional)
+    r, q = StepResult({"seg": 1.0}), StepResult({"seg": 2.0})
+    assert r.discriminator_losses == {} and r.perturbation == {} and r.total == 1.0
+    assert r.discriminator_losses is not q.discriminator_losses and r.perturbation is not q.perturbation
+
+
+def test_the_aux_level_counts_only_with_both_its_features_and_its_logits():
+    method = build_method("adaptsegnet", segmentor(multi_level=True), [], {})
+    source, _ = step_batches()
+    out = method.segmentor.forward_all(source["image"])
+    assert list(method.levels(out, (32, 32))) == ["main", "aux"]
+    out.aux_features = None  # a model that returns aux logits only
+    assert list(method.levels(out, (32, 32))) == ["main"]
+
+
+class _PlainAddon(torch.nn.Module):
+    """An add-on with neither ``needs_target`` nor ``discriminator_losses``: the template's defaults apply."""
+
+    def forward(self, method, state):
+        return {"plain": state.source.logits.mean() * 0.0}, {"plain_seen": 1.0}
+
+
+def test_an_add_on_without_needs_target_or_discriminator_losses_adds_neither():
+    from uda_perturb.methods.adaptsegnet import AdaptSegNet
+    from uda_perturb.methods.source_only import SourceOnly
+
+    assert not SourceOnly(segmentor(), [_PlainAddon()]).wants_target_batches
+    method = AdaptSegNet(segmentor(), [_PlainAddon()], ndf=8)
+    source, target = step_batches()
+    result = method.training_step(source, target)
+    assert set(result.discriminator_losses) == {"d_main"} and result.perturbation == {"plain_seen": 1.0}
+    assert "plain" in result.generator_losses
+
+
+def test_source_only_hands_add_ons_the_target_at_its_image_size():
+    method = build_method("source_only", segmentor(), ["perturbation"], {})
+    source, target = step_batches()
+    target["image"] = target["image"][..., :24]  # a target of another width
+    state = method.forward_domains(source, target)
+    assert state.target_size == (32, 24) and state.source_size == (32, 32)
+    assert state.target.logits.shape[-1] < state.source.logits.shape[-1]

@@ -85,7 +85,8 @@ TESTS = {
                                            "tests/test_methods.py"],
     "uda_perturb/methods/apoda.py": ["tests/test_method_base.py", "tests/test_perturbation_addon.py",
                                      "tests/test_methods.py"],
-    "uda_perturb/methods/feature_distance.py": ["tests/test_daformer_rules.py", "tests/test_self_training.py"],
+    "uda_perturb/methods/feature_distance.py": ["tests/test_feature_distance.py", "tests/test_daformer_rules.py",
+                                                "tests/test_self_training.py"],
 }
 
 
