@@ -32,8 +32,9 @@ def _call(addon, student, frozen, labels, num_classes=4):
 
 def test_the_class_masked_distance_on_an_uneven_grid_matches_its_definition():
     g = torch.Generator().manual_seed(0)
-    coarse = torch.randint(0, 4, (1, 6, 8), generator=g)  # labels in uniform 2 x 2 blocks: 12 x 16 pixels
+    coarse = torch.randint(0, 4, (1, 6, 8), generator=g)  # labels in 2 x 2 blocks: 12 x 16 pixels
     labels = coarse.repeat_interleave(2, 1).repeat_interleave(2, 2)
+    labels[:, ::2, ::2] = (coarse + 1) % 4  # each block's top-left pixel differs: its majority holds 3/4 of it
     student, frozen = torch.randn(1, 3, 5, 8, generator=g), torch.randn(1, 3, 5, 8, generator=g)
     addon = ImageNetFeatureDistance(lambda_fd=0.5, classes=[1, 3])
     losses, stats = _call(addon, student, frozen, labels)

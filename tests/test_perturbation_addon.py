@@ -155,3 +155,22 @@ def test_the_mixed_ce_is_class_weighted_when_the_method_weighs_its_mixed_loss():
                                   discriminator_input=method.discriminator_space, clean_logits=state.mixed.logits,
                                   class_weights=w, pixel_weights=state.mixed_weights)
     torch.testing.assert_close(losses["def_mixed"], mixed.loss)
+
+
+def test_levels_are_distinct_known_names_refused_in_full_otherwise():
+    import re
+
+    PerturbationAddon(levels=["aux", "main"])
+    for bad in ([], ["mian"], ["main", "main"], ["main", "aux", "extra"]):
+        msg = f"perturbation levels must be distinct names of ('main', 'aux'), got {bad}"
+        with pytest.raises(ValueError, match="^" + re.escape(msg) + "$"):
+            PerturbationAddon(levels=bad)
+
+
+def test_the_aux_level_needs_an_aux_head_said_in_full():
+    seg = up.build_segmentor("conv1x1", backbone="lite", num_classes=3, backbone_kwargs={"width": 8})
+    method = build_method("source_only", seg, [{"name": "perturbation", "levels": ["aux"]}])
+    x = torch.randn(2, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"^perturbation levels include 'aux' but the segmentor has no aux head "
+                                         r"\(model\.multi_level: true\)$"):
+        method.training_step({"image": x, "label": torch.randint(0, 3, (2, 16, 16))}, {"image": x})
