@@ -22,7 +22,8 @@ done | tee "$OUT/smoke.txt"
 cd benchmarks
 # the rows of the CPU cost records: APODA against AdaptSegNet, its first attack step from the caller's graph (auto)
 # and from its own forward (apoda_own), the summed rule
-ROWS="source_only adaptsegnet apoda apoda_own apoda_sum"
+# (source_only, adaptsegnet, apoda and apoda+random are also the step times of the study gta5_cityscapes_apoda's dry run)
+ROWS="source_only adaptsegnet apoda apoda_own apoda_sum apoda+random"
 python speed.py --model deeplabv2_r101 --size 720 1280 --batch 1 --repeats 3 --methods $ROWS --out speed_r101_cuda
 python speed.py --model deeplabv2_r101 --size 720 1280 --batch 1 --repeats 3 --methods $ROWS --amp \
   --out speed_r101_cuda_bf16

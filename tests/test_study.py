@@ -196,3 +196,14 @@ def test_the_readmes_study_file_loads_and_plans_on_v4s_runs(tmp_path):
     v4 = make_plan(load_study("camvid_rendered_v4"), "runs/bench")
     assert plan.adaptation("apoda", True, 1).overrides == v4.adaptation("apoda", True, 1).overrides  # reused
     assert study.all_pairs() == [("apoda eps 0.2", "apoda")]
+
+
+def test_a_speed_record_gives_the_dry_runs_gpu_hours(tmp_path):
+    rows = [{"method": m, "step_s": s} for m, s in (("source_only", 0.5), ("adaptsegnet", 0.9), ("apoda", 1.0),
+                                                    ("apoda+random", 0.95))]
+    (tmp_path / "speed.json").write_text(json.dumps({"rows": rows}))
+    study = load_study("gta5_cityscapes_apoda", [f"cost_record={tmp_path / 'speed.json'}"])
+    text = dry_run_text(make_plan(study, tmp_path), 1, "slurm")
+    hours = 3 * 150000 * (0.5 + 0.9 + 1.0 + 0.95) / 3600
+    assert text.splitlines()[0].startswith(f"study gta5_cityscapes_apoda: 12 runs; total {hours:.2f} h over 1 GPU(s)")
+    assert f"150000 iterations, {150000 * 1.0 / 3600:.2f} h (speed.json)" in text

@@ -1,6 +1,7 @@
 """Where a study stands: each run done / running / stopped / failed / to do, its progress, and the time
 left or needed, estimated from measured step times: this study's finished runs of the same label first, then
-the study's ``cost_record`` (a report's ``cost`` table), else said to be unmeasured."""
+the study's ``cost_record`` (a report's ``cost`` table, or ``speed.py``'s step times keyed by method), else said
+to be unmeasured."""
 from __future__ import annotations
 
 import json
@@ -65,7 +66,9 @@ def seconds_per_iter(plan: Plan) -> tuple[dict[str, float], dict[str, str]]:
     record = plan.study.cost_record
     path = next((p for p in (Path(record), DEFAULT_RESULTS / record) if p.is_file()), None) if record else None
     if path is not None:
-        for k, v in json.loads(path.read_text()).get("cost", {}).items():
+        data = json.loads(path.read_text())  # a report's cost table, or speed.py's rows (step seconds per method)
+        table = data.get("cost") or {r["method"]: {"seconds_per_iter": r["step_s"]} for r in data.get("rows", [])}
+        for k, v in table.items():
             if k not in rates:
                 rates[k], source[k] = float(v["seconds_per_iter"]), path.name
     return rates, source
