@@ -207,3 +207,15 @@ def test_a_speed_record_gives_the_dry_runs_gpu_hours(tmp_path):
     hours = 3 * 150000 * (0.5 + 0.9 + 1.0 + 0.95) / 3600
     assert text.splitlines()[0].startswith(f"study gta5_cityscapes_apoda: 12 runs; total {hours:.2f} h over 1 GPU(s)")
     assert f"150000 iterations, {150000 * 1.0 / 3600:.2f} h (speed.json)" in text
+
+
+def test_the_slurm_launcher_off_a_cluster_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun / sbatch on the path
+    from uda_perturb.cli import main as cli
+
+    assert cli(["study", "run", str(_write(tmp_path, TINY_STUDY)), "--launcher", "slurm", "--work-dir",
+                str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("uda-perturb: error: the slurm launcher: ") and "--cluster local" in err
+    assert len(err.strip().splitlines()) == 1

@@ -69,7 +69,11 @@ def slurm(plan: Plan, args: argparse.Namespace, cluster: Optional[str] = None) -
     s = plan.study.slurm
     pick = {k: getattr(args, k, None) if getattr(args, k, None) is not None else getattr(s, k)
             for k in ("partition", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min", "array_parallelism")}
-    executor = submitit.AutoExecutor(folder=plan.work / "slurm", cluster=cluster)
+    try:
+        executor = submitit.AutoExecutor(folder=plan.work / "slurm", cluster=cluster)
+    except RuntimeError as exc:  # no SLURM here (submitit looks for srun)
+        raise UserError(f"the slurm launcher: {exc} (run it where sbatch works, or try the jobs on this machine "
+                        "with --cluster local)") from None
     params = {"name": f"study-{plan.study.name}", "timeout_min": pick["timeout_min"], "cpus_per_task":
               pick["cpus_per_task"], "slurm_array_parallelism": pick["array_parallelism"],
               "slurm_additional_parameters": dict(s.additional)}
