@@ -122,3 +122,14 @@ def test_the_source_batch_is_required():
     state = SimpleNamespace(source_batch=None)
     with pytest.raises(AssertionError, match="^imnet_fd reads the source images from the step's batches$"):
         ImageNetFeatureDistance()(SimpleNamespace(num_classes=4), state)
+
+
+def test_behind_a_fusion_head_the_distance_reads_the_encoders_last_stage():
+    g = torch.Generator().manual_seed(3)
+    enc, frozen = torch.randn(1, 3, 2, 3, generator=g), torch.randn(1, 3, 2, 3, generator=g)
+    addon = ImageNetFeatureDistance(lambda_fd=1.0)
+    addon._frozen = [_Frozen(frozen)]
+    state = SimpleNamespace(source_batch={"image": torch.zeros(1, 3, 8, 12)}, labels=torch.zeros(1, 8, 12).long(),
+                            source=SimpleNamespace(features=torch.randn(1, 16, 4, 6), encoder_features=enc))
+    losses, _ = addon(SimpleNamespace(num_classes=4), state)
+    torch.testing.assert_close(losses["imnet_fd"], ((enc - frozen) ** 2).sum(1).sqrt().mean())

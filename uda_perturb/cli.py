@@ -69,8 +69,16 @@ def _load_segmentor(cfg, checkpoint: str):
         print(f"using {chosen} ({what})", file=sys.stderr)
         checkpoint = str(chosen)
     seg = build_model(cfg)
-    state = load_segmentor_state(checkpoint)
-    if checkpoint_format(state) in ("deeplabv2", "deeplabv2_vgg"):  # a model trained by AdaptSegNet / ADVENT
+    try:
+        state = load_segmentor_state(checkpoint)
+    except CheckpointError:  # an mmseg checkpoint (DAFormer, MIC) keeps its tensors under state_dict
+        from .engine.checkpoint import read_torch_file
+
+        obj = read_torch_file(checkpoint)  # a file that is no torch file, or holds objects, is refused here
+        if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
+            raise
+        state = obj["state_dict"]
+    if checkpoint_format(state) in ("deeplabv2", "deeplabv2_vgg", "mmseg_uda"):  # AdaptSegNet's, ADVENT's, DAFormer's
         return _load_reference_model(seg, cfg, checkpoint)
     mismatch = state_mismatch(seg.state_dict(), state)
     if mismatch:
@@ -84,8 +92,9 @@ def _load_segmentor(cfg, checkpoint: str):
 
 
 def _load_reference_model(seg, cfg, checkpoint: str):
-    """A model saved by AdaptSegNet's or ADVENT's trainer, mapped onto the recipe's network; refused unless
-    every backbone tensor and every head loads, and the recipe normalises as those models expect (caffe)."""
+    """A model saved by AdaptSegNet's, ADVENT's, DAFormer's or MIC's trainer, mapped onto the recipe's network;
+    refused unless every backbone tensor and every head loads, and the recipe normalises as those models expect
+    (caffe; imagenet for DAFormer / MIC)."""
     from .errors import CheckpointError
     from .models.weights import load_segmentor_weights
 
@@ -100,8 +109,8 @@ def _load_reference_model(seg, cfg, checkpoint: str):
 
     check_normalization(cfg, seg)
     extra = f"; not used: {', '.join(report['unexpected'][:4])}" if report["unexpected"] else ""
-    print(f"{checkpoint}: {report['format']} model, {report['loaded']} tensors loaded, caffe normalisation"
-          f"{extra}", file=sys.stderr)
+    print(f"{checkpoint}: {report['format']} model, {report['loaded']} tensors loaded, "
+          f"{seg.backbone.input_normalization} normalisation{extra}", file=sys.stderr)
     return seg.eval()
 
 

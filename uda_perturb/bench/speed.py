@@ -42,6 +42,8 @@ MODELS: dict[str, dict[str, Any]] = {
                               backbone_kwargs={"output_stride": 8, "pretrained": False},
                               head_kwargs={"atrous_rates": (2, 4, 6)}),
     # the same at 180x240 (camvid_day2dusk_pretrained_hr's head rates)
+    # the transformer UDA network at CPU size (camvid_day2dusk_daformer_b0): MiT-B0 + DAFormer's fusion head
+    "mit_b0_daformer": dict(head="daformer", backbone="mit_b0", num_classes=11),
     "pretrained_lite0": dict(head="deeplabv3", backbone="efficientnet_lite0", num_classes=11,
                              backbone_kwargs={"output_stride": 8, "pretrained": False},
                              head_kwargs={"atrous_rates": (3, 6, 9)}),

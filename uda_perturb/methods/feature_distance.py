@@ -124,7 +124,9 @@ class ImageNetFeatureDistance(nn.Module):
         net = self.frozen_backbone(image)
         with torch.no_grad():
             frozen = net(image)["out"].detach()
-        student = state.source.features
+        # the encoder's last stage (DAFormer's feat[-1]); G's output when G is the encoder alone
+        enc = getattr(state.source, "encoder_features", None)
+        student = enc if enc is not None else state.source.features
         mask = None
         if self.classes is not None:
             labels = state.labels

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from ..losses import upsample
 from ..registry import BACKBONES, HEADS
+from . import fusion_heads as _fusion_heads  # noqa: F401  (registers the daformer and segformer heads)
+from . import mit as _mit  # noqa: F401  (registers mit_b0 ... mit_b5)
 from .backbones import Backbone
 
 
@@ -20,6 +22,26 @@ class SegmentorOutput:
     logits: torch.Tensor
     aux_features: Optional[torch.Tensor] = None
     aux_logits: Optional[torch.Tensor] = None
+    # the encoder's last stage when G ends in a fusion (DAFormer's head): where ImageNet feature distance reads
+    encoder_features: Optional[torch.Tensor] = None
+
+
+class FusedBackbone(Backbone):
+    """G of a fusion head (``daformer``, ``segformer``): the encoder (``body``) and the head's fusion, so that
+    ``out`` is the fused map the classifier reads; ``encoder`` is the encoder's last stage, ``aux`` its third."""
+
+    output_stride = 4
+
+    def __init__(self, body: Backbone, fusion: nn.Module) -> None:
+        super().__init__()
+        self.body, self.fusion = body, fusion
+        width: Any = fusion.out_channels
+        self.out_channels, self.aux_channels = int(width), body.aux_channels
+        self.input_normalization = body.input_normalization
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        s = self.body(x)
+        return {"out": self.fusion([s[f"stage{i}"] for i in range(1, 5)]), "aux": s["aux"], "encoder": s["out"]}
 
 
 class Segmentor(nn.Module):
@@ -53,7 +75,8 @@ class Segmentor(nn.Module):
     def forward_all(self, x: torch.Tensor) -> SegmentorOutput:
         """Features and logits of both levels at feature resolution."""
         feats = self.backbone(x)
-        out = SegmentorOutput(features=feats["out"], logits=self.head(feats["out"]))
+        out = SegmentorOutput(features=feats["out"], logits=self.head(feats["out"]),
+                              encoder_features=feats.get("encoder"))
         if self.aux_head is not None:
             out.aux_features = feats["aux"]
             out.aux_logits = self.aux_head(feats["aux"])
@@ -64,12 +87,19 @@ class Segmentor(nn.Module):
         return upsample(self.classify(self.features(x)), tuple(x.shape[-2:]))
 
     def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        """``(backbone_params, head_params)`` with ``requires_grad``; heads train at 10x lr in DeepLab-v2."""
-        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        """``(backbone_params, head_params)`` with ``requires_grad``; heads train at 10x lr in DeepLab-v2 (and in
+        DAFormer, whose whole decode head does: a fusion moved into G counts as head here)."""
+        fusion = getattr(self.backbone, "fusion", None)
+        fused = {id(p) for p in fusion.parameters()} if fusion is not None else set()
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad and id(p) not in fused]
         heads = [p for p in self.head.parameters() if p.requires_grad]
+        heads += [p for p in fusion.parameters() if p.requires_grad] if fusion is not None else []
         if self.aux_head is not None:
             heads += [p for p in self.aux_head.parameters() if p.requires_grad]
         return backbone, heads
+
+
+FUSION_HEADS = ("daformer", "segformer")
 
 
 def build_segmentor(head: str = "aspp_v2", backbone: str = "resnet101", num_classes: int = 19, *,
@@ -90,8 +120,18 @@ def build_segmentor(head: str = "aspp_v2", backbone: str = "resnet101", num_clas
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
     g = BACKBONES.build(backbone, **(backbone_kwargs or {}))
-    g.build_spec = (backbone, dict(backbone_kwargs or {}))  # how to rebuild it (pretrained copies, imnet_fd)
-    f = HEADS.build(head, in_channels=g.out_channels, num_classes=num_classes, **(head_kwargs or {}))
+    spec = (backbone, dict(backbone_kwargs or {}))  # how to rebuild the encoder (pretrained copies, imnet_fd)
+    g.build_spec = spec
+    stages = getattr(g, "stage_channels", None)
+    f = HEADS.build(head, in_channels=stages if stages and head in FUSION_HEADS else g.out_channels,
+                    num_classes=num_classes, **(head_kwargs or {}))
+    if head in FUSION_HEADS:  # the fusion is G's, the classifier F: the perturbation lands on the fused map
+        if multi_level:
+            raise ValueError(f"the {head} head fuses every stage; it has no auxiliary level (multi_level: false)")
+        parts: Any = f
+        g = FusedBackbone(g, parts.fusion)
+        g.build_spec = spec  # type: ignore[assignment]
+        f = parts.classifier
     aux = None
     if multi_level:
         aux = HEADS.build(aux_head or head, in_channels=g.aux_channels, num_classes=num_classes,

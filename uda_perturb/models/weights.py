@@ -55,7 +55,10 @@ def load_weights(model: nn.Module, weights: str, *, strict: bool = False) -> tup
 # formats that initialise a backbone from ImageNet (not a trained segmentation model)
 INIT_FORMATS = ("deeplab_init", "torchvision")
 FORMAT_NORMALIZATION = {"deeplab_init": "caffe", "deeplabv2": "caffe", "deeplabv2_vgg": "caffe",
-                        "torchvision": "imagenet", "segmentor": None}
+                        "torchvision": "imagenet", "segmentor": None, "mmseg_uda": "imagenet"}
+# a DAFormer / MIC decode head's parts: the fusion (G here) and the classifier (F)
+_MMSEG_FUSION = ("embed_layers.", "fuse_layer.", "linear_c.", "linear_fuse.")
+_MMSEG_CLASSIFIER = ("conv_seg.", "linear_pred.")
 # ASPP classifiers of DeepLab-v2 checkpoints, routed by their input channels: layer4 (ResNet) -> main head,
 # layer3 -> aux head; VGG's fc7 -> main head
 _HEAD_BY_CHANNELS = {2048: "head", 1024: "aux_head"}
@@ -72,8 +75,12 @@ def checkpoint_format(state: dict[str, torch.Tensor]) -> str:
     - ``deeplabv2_vgg``: AdaptSegNet's ``DeeplabVGG`` (``features.N`` renumbered without pool4/pool5, fc6 and
       fc7 appended, ``classifier.conv2d_list``);
     - ``torchvision``: an ImageNet classifier (``conv1.weight`` / ``features.0.weight`` at the top level);
+    - ``mmseg_uda``: a DAFormer / MIC checkpoint (mmseg: ``model.backbone.*``, ``model.decode_head.*``, and the
+      ``ema_model.*`` / ``imnet_model.*`` copies) or a plain mmseg one (``backbone.*``, ``decode_head.*``);
     - ``segmentor``: this toolkit's own (``backbone.*``, ``head.*``).
     """
+    if any(k.startswith(("model.decode_head.", "decode_head.")) for k in state):
+        return "mmseg_uda"
     if any(k.startswith("Scale.") for k in state):
         return "deeplab_init"
     if any(k.startswith(("layer5.conv2d_list.", "layer6.conv2d_list.")) for k in state):
@@ -100,6 +107,8 @@ def _renames(state: dict[str, torch.Tensor], fmt: str) -> dict[str, str]:
     place in a segmentor get ``unmapped.<key>``."""
     if fmt == "segmentor":
         return {k: k for k in state}
+    if fmt == "mmseg_uda":
+        return {k: _mmseg_key(k, state) for k in state}
     if fmt == "deeplabv2_vgg":
         return {k: _deeplab_vgg_key(k) for k in state}
     heads = _aspp_targets({k.removeprefix("Scale."): v for k, v in state.items()}, ("layer5", "layer6"))
@@ -117,6 +126,56 @@ def _renames(state: dict[str, torch.Tensor], fmt: str) -> dict[str, str]:
         else:
             out[key] = "unmapped." + key
     return out
+
+
+def _mmseg_key(key: str, state: dict[str, torch.Tensor]) -> str:
+    """An mmseg UDA checkpoint's key: the student (``model.``, or no prefix) into this toolkit's names; the EMA
+    teacher and the ImageNet copy (``ema_model.``, ``imnet_model.``) are not part of a segmentor (``other.``);
+    SegFormer's ``conv_seg``, which its forward never calls beside ``linear_pred``, is ``unused.``."""
+    k = key.removeprefix("model.") if key.startswith("model.") else key
+    if k.startswith(("ema_model.", "imnet_model.")):
+        return "other." + key
+    if k.startswith("backbone."):
+        return "backbone.body." + k.removeprefix("backbone.")
+    part = k.removeprefix("decode_head.")
+    if part.startswith(_MMSEG_FUSION):
+        return "backbone.fusion." + part
+    if part.startswith("conv_seg.") and any(x.endswith("decode_head.linear_pred.weight") for x in state):
+        return "unused." + key
+    if part.startswith(_MMSEG_CLASSIFIER):
+        return "head." + part
+    return "unmapped." + key
+
+
+def load_mmseg_uda(segmentor: nn.Module, state: dict[str, torch.Tensor], weights: str) -> dict[str, Any]:
+    """A DAFormer / MIC checkpoint's student into a segmentor built as it was (``mit_b*`` with the ``daformer`` or
+    ``segformer`` head), every tensor in its place: the first key with no place, a shape that differs or a
+    parameter left unfilled is refused in one line."""
+    from ..errors import CheckpointError
+
+    names = {k: _mmseg_key(k, state) for k in state}
+    own = segmentor.state_dict()
+    if not isinstance(getattr(segmentor, "backbone", None), nn.Module) or not hasattr(segmentor.backbone, "fusion"):
+        own = {("backbone.body." + k.removeprefix("backbone.") if k.startswith("backbone.") else k): v
+               for k, v in own.items()}  # an encoder without a fusion head: its keys carry no ``body.``
+    student = {new: state[old] for old, new in names.items() if not new.startswith(("other.", "unused."))}
+    for new, tensor in student.items():
+        old = next(o for o, n in names.items() if n == new)
+        if new not in own:
+            raise CheckpointError(f"weights {weights!r}: mmseg key {old!r} has no place in this model (built with "
+                                  "mit_b* and the daformer or segformer head?)")
+        if tuple(own[new].shape) != tuple(tensor.shape):
+            raise CheckpointError(f"weights {weights!r}: {old!r} has shape {tuple(tensor.shape)}, the model's "
+                                  f"{new!r} {tuple(own[new].shape)} (model.num_classes, or another MiT size?)")
+    left = [k for k in own if k not in student]
+    if left:
+        raise CheckpointError(f"weights {weights!r}: the checkpoint fills no {left[0]!r} ({len(left)} tensors left)")
+    fix = {k: k.replace("backbone.body.", "backbone.", 1) for k in student} if not hasattr(
+        getattr(segmentor, "backbone", None), "fusion") else {k: k for k in student}
+    segmentor.load_state_dict({fix[k]: v for k, v in student.items()})
+    return {"format": "mmseg_uda", "loaded": len(student), "missing": [], "unexpected": [],
+            "skipped_head": [], "heads_loaded": True,
+            "not_loaded": sorted({n.split(".", 2)[1] for n in names.values() if n.startswith("other.")})}
 
 
 def _vgg_key(key: str) -> str:
@@ -165,6 +224,11 @@ def load_segmentor_weights(segmentor: nn.Module, weights: str) -> dict[str, Any]
     loaded, missing, unexpected, skipped_head, heads_loaded}``; raises when no key matches."""
     state = read_state_dict(weights)
     fmt = checkpoint_format(state)
+    if fmt == "mmseg_uda":
+        report = load_mmseg_uda(segmentor, state, weights)
+        backbone: Any = segmentor.backbone
+        backbone.input_normalization = "imagenet"
+        return report
     _check_layout(segmentor, fmt)
     names = _renames(state, fmt)
     renamed = {new: state[old] for old, new in names.items()}
