@@ -36,7 +36,8 @@ def test_sampler_epochs_are_permutations_and_ranks_interleave():
 
 
 def test_a_huge_seed_wraps_modulo_2_63_in_the_epoch_order_and_the_item_seeds():
-    seed = 2**62 + 12345  # seed * 100003 and seed * 1_000_003 overflow 64 bits: both wrap modulo 2**63
+    seed = 2**63 // 100003 + 1  # seed * 100003 just above 2**63: modulo 2**63 and modulo 2**64 differ
+    assert (seed * 100003) % 2**63 != (seed * 100003) % 2**64
     got = take(iter(InfiniteSampler(6, seed)), 6)
     g = torch.Generator().manual_seed((seed * 100003) % 2**63)
     assert [i for i, _ in got] == torch.randperm(6, generator=g).tolist()
