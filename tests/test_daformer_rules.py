@@ -233,3 +233,25 @@ def test_rare_class_sampling_names_the_classes_it_cannot_draw_and_ranks_split_th
         mine = [key for key, _ in zip(iter(RareClassSampler(counts, seed=4, min_pixels=50, rank=rank, world_size=2)),
                                       range(4))]
         assert mine == one[rank::2]
+
+
+def test_rare_class_draws_at_a_huge_seed_follow_the_modulo_2_63_rule():
+    """Each draw's generator is seeded with (seed * 1_000_003 + position) mod 2**63, + 7: pinned here at a seed
+    where that value and its modulo-3**63 variant differ in the low 32 bits the generator reads."""
+    import numpy as np
+
+    from uda_perturb.data.rare_class_sampling import RareClassSampler
+
+    counts = np.array([[5000, 0, 10], [4000, 4000, 0], [100, 0, 3500], [6000, 0, 2999], [0, 3200, 3300]])
+    seed = 3**63 // 1_000_003 + 12345  # above 3**63 / 1_000_003 the two moduli leave different low bits
+    x = seed * 1_000_003
+    assert (x % 2**63) % 2**32 != (x % 3**63) % 2**32
+    sampler = RareClassSampler(counts, seed=seed, temperature=0.5, min_pixels=3000)
+    got = [d for d, _ in zip(iter(sampler), range(6))]
+    want = []
+    for pos in range(6):
+        g = torch.Generator().manual_seed((x + pos) % 2**63 + 7)
+        c = int(sampler.classes[int(torch.multinomial(sampler.probs, 1, generator=g))])
+        pool = sampler.images_with[c]
+        want.append((int(pool[int(torch.randint(len(pool), (), generator=g))]), (x + pos) % 2**63, c))
+    assert got == want

@@ -36,7 +36,9 @@ def test_sampler_epochs_are_permutations_and_ranks_interleave():
 
 
 def test_a_huge_seed_wraps_modulo_2_63_in_the_epoch_order_and_the_item_seeds():
-    seed = 2**63 // 100003 + 1  # seed * 100003 just above 2**63: modulo 2**63 and modulo 2**64 differ
+    # seed * 100003 just above 2**63: modulo 2**63 and modulo 2**64 differ (the CPU generator reads only the low 32
+    # bits, so the epoch order is the same under both: the item seeds below are what the modulus changes)
+    seed = 2**63 // 100003 + 1
     assert (seed * 100003) % 2**63 != (seed * 100003) % 2**64
     got = take(iter(InfiniteSampler(6, seed)), 6)
     g = torch.Generator().manual_seed((seed * 100003) % 2**63)
