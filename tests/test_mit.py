@@ -199,3 +199,19 @@ def test_the_cpu_recipe_trains_dacs_mic_and_the_perturbation_on_mit_b0(tmp_path)
     log = (tmp_path / "run" / "metrics.jsonl").read_text()
     assert all(k in log for k in ('"g/mix"', '"g/mic"', '"g/def_source"', '"g/def_mixed"'))
     assert (tmp_path / "run" / "segmentor.pt").is_file()
+
+
+@pytest.mark.parametrize("name", sorted(up.list_methods()))
+def test_every_method_trains_a_step_on_mit_b0_with_the_daformer_head(name):
+    from uda_perturb.methods import build_method
+
+    seg = _daformer(4, seed=5)
+    method = build_method(name, seg, [], {"ndf": 8} if name in ("adaptsegnet", "advent", "apoda") else {})
+    g = torch.Generator().manual_seed(6)
+    source = {"image": torch.randn(2, 3, 32, 48, generator=g), "label": torch.randint(0, 4, (2, 32, 48), generator=g)}
+    before = {k: v.clone() for k, v in seg.state_dict().items()}
+    result = method.training_step(source, {"image": torch.randn(2, 3, 32, 48, generator=g)})
+    assert all(v == v for v in result.generator_losses.values())  # finite losses
+    grads = [p.grad for p in seg.parameters() if p.requires_grad]
+    assert all(gr is not None for gr in grads[:5]) and seg.head.conv_seg.weight.grad.abs().sum() > 0
+    assert any(not torch.equal(before[k], v) for k, v in seg.state_dict().items() if "running_mean" in k)
