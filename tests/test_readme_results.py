@@ -6,7 +6,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 # results stems, as the benchmarks name them; other backticked files (a run folder's results.json) are not cited
-STEM = r"(?:compare|ablate|speed|setup|curve|mutation|fault|perturb|demo)[A-Za-z0-9_.-]*?"
+STEM = r"(?:compare|ablate|study|speed|setup|curve|mutation|fault|perturb|demo)[A-Za-z0-9_.-]*?"
 
 
 def cited(readme: str) -> set[str]:
