@@ -18,8 +18,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..losses import upsample
 from ..registry import HEADS
-from .mit import resize_to
 
 
 class ConvModule(nn.Module):
@@ -60,6 +60,13 @@ class MLP(nn.Module):
         return self.proj(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, -1, h, w)
 
 
+def embedded(layers: nn.ModuleDict, stages: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Each stage through its embedding (``layers[str(i)]``), resized to the first stage's size (bilinear,
+    ``align_corners=False`` as mmseg's ``resize``) and concatenated along channels: both fusions' first half."""
+    size = stages[0].shape[-2:]
+    return torch.cat([upsample(layers[str(i)](x), size, align_corners=False) for i, x in enumerate(stages)], dim=1)
+
+
 class SepASPP(nn.Module):
     """DAFormer's fusion (``ASPPWrapper`` with ``sep=True, pool=False``): a 1x1 branch for dilation 1 and a
     depthwise-separable 3x3 branch per other dilation, concatenated, then a 3x3 ``bottleneck``."""
@@ -86,9 +93,7 @@ class DAFormerFusion(nn.Module):
         self.fuse_layer = SepASPP(embed_dims * len(in_channels), channels, dilations)
 
     def forward(self, stages: Sequence[torch.Tensor]) -> torch.Tensor:
-        size = stages[0].shape[-2:]
-        return self.fuse_layer(torch.cat([resize_to(self.embed_layers[str(i)](x), size)
-                                          for i, x in enumerate(stages)], dim=1))
+        return self.fuse_layer(embedded(self.embed_layers, stages))
 
 
 class SegFormerFusion(nn.Module):
@@ -102,9 +107,7 @@ class SegFormerFusion(nn.Module):
         self.linear_fuse = ConvModule(embed_dim * len(in_channels), embed_dim, 1)
 
     def forward(self, stages: Sequence[torch.Tensor]) -> torch.Tensor:
-        size = stages[0].shape[-2:]
-        return self.linear_fuse(torch.cat([resize_to(self.linear_c[str(i)](x), size)
-                                           for i, x in enumerate(stages)], dim=1))
+        return self.linear_fuse(embedded(self.linear_c, stages))
 
 
 class Classifier(nn.Module):

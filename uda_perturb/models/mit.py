@@ -18,7 +18,6 @@ import re
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..registry import BACKBONES
@@ -253,8 +252,3 @@ def _factory(name: str):  # type: ignore[no-untyped-def]
 for _name in MIT_SIZES:
     BACKBONES.register(_name, _factory(_name))
 
-
-def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear resize, ``align_corners=False`` (mmseg's ``resize`` as DAFormer's heads call it)."""
-    return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=tuple(size), mode="bilinear",
-                                                                      align_corners=False)

@@ -107,8 +107,6 @@ def _renames(state: dict[str, torch.Tensor], fmt: str) -> dict[str, str]:
     place in a segmentor get ``unmapped.<key>``."""
     if fmt == "segmentor":
         return {k: k for k in state}
-    if fmt == "mmseg_uda":
-        return {k: _mmseg_key(k, state) for k in state}
     if fmt == "deeplabv2_vgg":
         return {k: _deeplab_vgg_key(k) for k in state}
     heads = _aspp_targets({k.removeprefix("Scale."): v for k, v in state.items()}, ("layer5", "layer6"))
@@ -128,19 +126,21 @@ def _renames(state: dict[str, torch.Tensor], fmt: str) -> dict[str, str]:
     return out
 
 
-def _mmseg_key(key: str, state: dict[str, torch.Tensor]) -> str:
-    """An mmseg UDA checkpoint's key: the student (``model.``, or no prefix) into this toolkit's names; the EMA
-    teacher and the ImageNet copy (``ema_model.``, ``imnet_model.``) are not part of a segmentor (``other.``);
-    SegFormer's ``conv_seg``, which its forward never calls beside ``linear_pred``, is ``unused.``."""
-    k = key.removeprefix("model.") if key.startswith("model.") else key
+def _mmseg_key(key: str, encoder: str, segformer: bool) -> str:
+    """An mmseg UDA checkpoint's key: the student (``model.``, or no prefix) into this toolkit's names (the
+    encoder under ``encoder``: ``backbone.body.`` behind a fusion head, ``backbone.`` alone); the EMA teacher and the
+    ImageNet copy (``ema_model.``, ``imnet_model.``) are not part of a segmentor (``other.``); SegFormer's
+    ``conv_seg``, which its forward never calls beside ``linear_pred`` (``segformer``: the checkpoint has one), is
+    ``unused.``."""
+    k = key.removeprefix("model.")
     if k.startswith(("ema_model.", "imnet_model.")):
         return "other." + key
     if k.startswith("backbone."):
-        return "backbone.body." + k.removeprefix("backbone.")
+        return encoder + k.removeprefix("backbone.")
     part = k.removeprefix("decode_head.")
     if part.startswith(_MMSEG_FUSION):
         return "backbone.fusion." + part
-    if part.startswith("conv_seg.") and any(x.endswith("decode_head.linear_pred.weight") for x in state):
+    if part.startswith("conv_seg.") and segformer:
         return "unused." + key
     if part.startswith(_MMSEG_CLASSIFIER):
         return "head." + part
@@ -153,26 +153,25 @@ def load_mmseg_uda(segmentor: nn.Module, state: dict[str, torch.Tensor], weights
     parameter left unfilled is refused in one line."""
     from ..errors import CheckpointError
 
-    names = {k: _mmseg_key(k, state) for k in state}
+    encoder = "backbone.body." if hasattr(getattr(segmentor, "backbone", None), "fusion") else "backbone."
+    segformer = any(k.endswith("decode_head.linear_pred.weight") for k in state)
+    names = {k: _mmseg_key(k, encoder, segformer) for k in state}
     own = segmentor.state_dict()
-    if not isinstance(getattr(segmentor, "backbone", None), nn.Module) or not hasattr(segmentor.backbone, "fusion"):
-        own = {("backbone.body." + k.removeprefix("backbone.") if k.startswith("backbone.") else k): v
-               for k, v in own.items()}  # an encoder without a fusion head: its keys carry no ``body.``
-    student = {new: state[old] for old, new in names.items() if not new.startswith(("other.", "unused."))}
-    for new, tensor in student.items():
-        old = next(o for o, n in names.items() if n == new)
+    student = {}
+    for old, new in names.items():
+        if new.startswith(("other.", "unused.")):
+            continue
         if new not in own:
             raise CheckpointError(f"weights {weights!r}: mmseg key {old!r} has no place in this model (built with "
                                   "mit_b* and the daformer or segformer head?)")
-        if tuple(own[new].shape) != tuple(tensor.shape):
-            raise CheckpointError(f"weights {weights!r}: {old!r} has shape {tuple(tensor.shape)}, the model's "
+        if tuple(own[new].shape) != tuple(state[old].shape):
+            raise CheckpointError(f"weights {weights!r}: {old!r} has shape {tuple(state[old].shape)}, the model's "
                                   f"{new!r} {tuple(own[new].shape)} (model.num_classes, or another MiT size?)")
+        student[new] = state[old]
     left = [k for k in own if k not in student]
     if left:
         raise CheckpointError(f"weights {weights!r}: the checkpoint fills no {left[0]!r} ({len(left)} tensors left)")
-    fix = {k: k.replace("backbone.body.", "backbone.", 1) for k in student} if not hasattr(
-        getattr(segmentor, "backbone", None), "fusion") else {k: k for k in student}
-    segmentor.load_state_dict({fix[k]: v for k, v in student.items()})
+    segmentor.load_state_dict(student)
     return {"format": "mmseg_uda", "loaded": len(student), "missing": [], "unexpected": [],
             "skipped_head": [], "heads_loaded": True,
             "not_loaded": sorted({n.split(".", 2)[1] for n in names.values() if n.startswith("other.")})}
@@ -227,7 +226,7 @@ def load_segmentor_weights(segmentor: nn.Module, weights: str) -> dict[str, Any]
     if fmt == "mmseg_uda":
         report = load_mmseg_uda(segmentor, state, weights)
         backbone: Any = segmentor.backbone
-        backbone.input_normalization = "imagenet"
+        backbone.input_normalization = FORMAT_NORMALIZATION[fmt]
         return report
     _check_layout(segmentor, fmt)
     names = _renames(state, fmt)
