@@ -45,6 +45,10 @@ class Plan:
         """Iterations each adaptation run trains (``stop_at`` when set)."""
         return QUICK_ITERS if self.quick else self.study.adaptation.stop_at or self.study.adaptation.iters
 
+    def iters_of(self, run: Run) -> int:
+        """Iterations ``run`` trains: a warm start's or an adaptation run's."""
+        return self.warm_iters if run.label.startswith("warm start") else self.iters
+
     def common(self) -> list[str]:
         """Overrides of every run: a checkpoint every 50 iterations (a run cut off continues from it), no
         evaluation during training, the study's overrides, then ``--set``."""

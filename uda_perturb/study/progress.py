@@ -38,10 +38,16 @@ def held(run: Run) -> bool:
     return False
 
 
-def state(plan: Plan, run: Run) -> str:
-    """``done`` (this very run finished), ``running``, ``stopped`` (started, cut off: resumes from its
-    checkpoint), ``failed`` (its log ends in an error) or ``to do``."""
-    if run.done(plan.study.recipe):
+def finished_runs(plan: Plan) -> set[Path]:
+    """The folders holding their very run, finished: each run's fingerprint (its config loaded, its start weights
+    hashed) computed once for a whole status or dry run."""
+    return {r.run_dir for r in plan.runs() if r.done(plan.study.recipe)}
+
+
+def state(plan: Plan, run: Run, finished: set[Path]) -> str:
+    """``done`` (this very run finished: in ``finished``), ``running``, ``stopped`` (started, cut off: resumes
+    from its checkpoint), ``failed`` (its log ends in an error) or ``to do``."""
+    if run.run_dir in finished:
         return "done"
     if held(run):
         return "running"
@@ -52,13 +58,13 @@ def state(plan: Plan, run: Run) -> str:
     return "to do"
 
 
-def seconds_per_iter(plan: Plan) -> tuple[dict[str, float], dict[str, str]]:
-    """Measured seconds per iteration by label and where each came from (this study's finished runs, by the
+def seconds_per_iter(plan: Plan, finished: set[Path]) -> tuple[dict[str, float], dict[str, str]]:
+    """Measured seconds per iteration by label and where each came from (this study's ``finished`` runs, by the
     clock each recorded, else the study's ``cost_record``)."""
     found: dict[str, list[float]] = {}
     for r in plan.runs():
-        if r.done(plan.study.recipe):
-            rec, iters = r.record(), plan.warm_iters if r.label.startswith("warm start") else plan.iters
+        if r.run_dir in finished:
+            rec, iters = r.record(), plan.iters_of(r)
             found.setdefault(r.label, []).append((rec.get("train_cpu_seconds") or rec.get("train_seconds") or 0)
                                                  / max(iters, 1))
     rates = {k: sum(v) / len(v) for k, v in found.items()}
@@ -74,15 +80,16 @@ def seconds_per_iter(plan: Plan) -> tuple[dict[str, float], dict[str, str]]:
     return rates, source
 
 
-def estimate(plan: Plan, jobs: int, remaining_only: bool = False) -> tuple[Optional[float], list[str]]:
-    """Seconds of training the runs need (all of them, or what is left) over ``jobs`` parallel slots, and the
-    labels without a measured step time (the estimate is then ``None``)."""
-    rates, _ = seconds_per_iter(plan)
+def estimate(plan: Plan, jobs: int, finished: set[Path], rates: dict[str, float],
+             remaining_only: bool = False) -> tuple[Optional[float], list[str]]:
+    """Seconds of training the runs need (all of them, or what is left after the ``finished`` ones) at the step
+    ``rates`` over ``jobs`` parallel slots, and the labels without a measured step time (the estimate is then
+    ``None``)."""
     total, missing = 0.0, []
     for r in plan.runs():
-        iters = plan.warm_iters if r.label.startswith("warm start") else plan.iters
+        iters = plan.iters_of(r)
         if remaining_only:
-            iters = 0 if r.done(plan.study.recipe) else iters - iteration(r)
+            iters = 0 if r.run_dir in finished else iters - iteration(r)
         if iters and r.label not in rates:
             missing.append(r.label)
         total += iters * rates.get(r.label, 0.0)
@@ -98,11 +105,12 @@ def status_text(plan: Plan, jobs: int = 2) -> str:
     """One line per run (state, iteration reached) and the time left at ``jobs`` in parallel."""
     lines: list[str] = []
     counts: dict[str, int] = {}
+    finished = finished_runs(plan)
     for r in plan.runs():
-        s = state(plan, r)
+        s = state(plan, r, finished)
         counts[s] = counts.get(s, 0) + 1
         lines.append(f"{s:8s} {r.run_dir.name}  ({r.label}, seed {r.seed})")
-    left, missing = estimate(plan, jobs, remaining_only=True)
+    left, missing = estimate(plan, jobs, finished, seconds_per_iter(plan, finished)[0], remaining_only=True)
     eta = hours(left) + (f" (no step time for {', '.join(missing)})" if missing else "")
     head = ", ".join(f"{v} {k}" for k, v in counts.items())
     return "\n".join([f"study {plan.study.name} in {plan.work}: {head}; time left at {jobs} jobs: {eta}", *lines])
@@ -110,15 +118,16 @@ def status_text(plan: Plan, jobs: int = 2) -> str:
 
 def dry_run_text(plan: Plan, jobs: int, launcher: str = "local") -> str:
     """Every run with its command and the estimated cost from measured step times (or why there is none)."""
-    rates, source = seconds_per_iter(plan)
+    finished = finished_runs(plan)
+    rates, source = seconds_per_iter(plan, finished)
     lines = []
     for r in plan.runs():
-        iters = plan.warm_iters if r.label.startswith("warm start") else plan.iters
+        iters = plan.iters_of(r)
         cost = (f"{iters * rates[r.label] / 3600:.2f} h ({source[r.label]})" if r.label in rates
                 else "unmeasured")
         lines += [f"# {r.label}, seed {r.seed}: {iters} iterations, {cost}",
                   shlex.join(train_command(plan.study.recipe, r))]
-    total, missing = estimate(plan, jobs if launcher == "local" else 1)
+    total, missing = estimate(plan, jobs if launcher == "local" else 1, finished, rates)
     where = f"{jobs} local jobs" if launcher == "local" else f"{plan.study.slurm.gpus_per_node} GPU(s) per job"
     head = (f"study {plan.study.name}: {len(plan.runs())} runs; total {hours(total)} over {where}"
             + (" (GPU-hours: sum over jobs)" if launcher == "slurm" else ""))
