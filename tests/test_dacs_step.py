@@ -20,7 +20,8 @@ def test_reference_defaults_literally():
                       "mix_weight": 1.0, "color_jitter_strength": 0.2, "color_jitter_probability": 0.2,
                       "blur": True, "mix_class_weights": False, "teacher_bn": "batch",
                       "teacher_jittered_input": False, "color_jitter_operator": "kornia",
-                      "class_mix_classes": "batch", "psweight_ignore_top": 0, "psweight_ignore_bottom": 0}
+                      "class_mix_classes": "batch", "psweight_ignore_top": 0, "psweight_ignore_bottom": 0,
+                      "source_ce_mean": "valid"}
 
 
 def test_a_pixel_exactly_at_the_threshold_counts_as_confident():

@@ -255,3 +255,24 @@ def test_rare_class_draws_at_a_huge_seed_follow_the_modulo_2_63_rule():
         pool = sampler.images_with[c]
         want.append((int(pool[int(torch.randint(len(pool), (), generator=g))]), (x + pos) % 2**63, c))
     assert got == want
+
+
+def test_dacs_source_ce_divides_by_every_pixel_only_when_asked_as_daformers_mmseg():
+    torch.manual_seed(0)
+    seg = up.build_segmentor("daformer", backbone="mit_b0", num_classes=4).eval()  # eval: dropout off
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 4, (2, 32, 48), generator=g)
+    labels[:, :10] = 255  # 10 of 32 rows ignored
+    state = build_method("source_only", seg).forward_domains({"image": torch.randn(2, 3, 32, 48, generator=g),
+                                                       "label": labels}, None)
+    logits = torch.nn.functional.interpolate(state.source.logits, size=(32, 48), mode="bilinear", align_corners=False)
+    ce = torch.nn.functional.cross_entropy(logits, labels, ignore_index=255, reduction="none")
+    valid = labels != 255
+    dacs, daformer = build_method("dacs", seg), build_method("dacs", seg, [], {"source_ce_mean": "all"})
+    torch.testing.assert_close(dacs.segmentation_loss(state)["seg"], ce[valid].mean())  # DACS: labelled pixels
+    torch.testing.assert_close(daformer.segmentation_loss(state)["seg"], ce[valid].sum() / labels.numel())
+    daformer.set_class_weights(torch.tensor([1.0, 2.0, 3.0, 4.0]))  # our option keeps the weighted mean either way
+    w = torch.tensor([1.0, 2.0, 3.0, 4.0])[labels.clamp(max=3)] * valid
+    torch.testing.assert_close(daformer.segmentation_loss(state)["seg"], (ce * w).sum() / w.sum())
+    with pytest.raises(ValueError, match=r"source_ce_mean must be one of \('valid', 'all'\), got 'pixels'"):
+        build_method("dacs", seg, [], {"source_ce_mean": "pixels"})

@@ -1,6 +1,6 @@
 """Whole-image inference and evaluation as in AdaptSegNet/ADVENT: resize the input to ``eval_size``,
-one forward pass (main head), logits upsampled bilinearly to the label size, argmax; optional flip and
-multi-scale averaging of softmax scores."""
+one forward pass (main head), logits upsampled bilinearly to the label size (with the network's
+``align_corners``), argmax; optional flip and multi-scale averaging of softmax scores."""
 from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Optional, Sequence, cast
@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..classifier_modules import align_corners_of
 from ..losses import upsample
 from ..metrics import ConfusionMatrix, EntropyMeter
 
@@ -19,6 +20,8 @@ def predict_logits(model: nn.Module, images: torch.Tensor, out_size: Sequence[in
                    scales: Sequence[float] = (1.0,)) -> torch.Tensor:
     """Class scores ``B x K x H x W`` at ``out_size``: mean softmax over scales (x flip when asked)."""
     base = tuple(eval_size) if eval_size else tuple(images.shape[-2:])
+    declared = align_corners_of([model])  # the network's convention (torchvision's, mmseg's heads: False)
+    align_corners = True if declared is None else declared
     total = None
     for s in scales:
         size = (max(1, round(base[0] * s)), max(1, round(base[1] * s)))
@@ -28,7 +31,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, out_size: Sequence[in
         for view, flipped in views:
             split = cast(Any, model)  # a Segmentor or TorchvisionSplit exposes features/classify
             logits = split.classify(split.features(view)) if hasattr(model, "classify") else model(view)
-            prob = upsample(logits.float(), tuple(out_size)).softmax(1)
+            prob = upsample(logits.float(), tuple(out_size), align_corners).softmax(1)
             prob = prob.flip(-1) if flipped else prob
             total = prob if total is None else total + prob
     assert total is not None

@@ -121,6 +121,12 @@ class UDAMethod(nn.Module):
         assert self.segmentor.num_classes is not None
         return self.segmentor.num_classes
 
+    @property
+    def align_corners(self) -> bool:
+        """How every pixel loss and D's input upsample logits: the network's convention
+        (:attr:`Segmentor.align_corners`: ``False`` on the DAFormer / SegFormer heads as mmseg, else ``True``)."""
+        return self.segmentor.align_corners
+
     def add_discriminators(self, name: str = "fc", weights: Sequence[float] = (0.001, 0.0002), ndf: int = 64,
                            space: Optional[str] = None) -> None:
         """One discriminator per level (main, and aux when the segmentor is multi-level)."""
@@ -136,9 +142,10 @@ class UDAMethod(nn.Module):
 
     def levels(self, out: SegmentorOutput, size: tuple[int, int]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``{level: (features, upsampled logits)}`` for main and (if present) aux."""
-        levels = {"main": (out.features, upsample(out.logits, size))}
+        ac = self.align_corners
+        levels = {"main": (out.features, upsample(out.logits, size, ac))}
         if out.aux_logits is not None and out.aux_features is not None:
-            levels["aux"] = (out.aux_features, upsample(out.aux_logits, size))
+            levels["aux"] = (out.aux_features, upsample(out.aux_logits, size, ac))
         return levels
 
     @property
@@ -185,10 +192,11 @@ class UDAMethod(nn.Module):
     def segmentation_loss(self, state: StepState) -> dict[str, torch.Tensor]:
         """Source CE on the main head (+ ``seg_aux_weight`` x the aux head when multi-level), class-weighted
         when :meth:`set_class_weights` was given weights."""
-        w = self.class_weights
-        losses = {"seg": seg_ce(state.source.logits, state.labels, weight=w)}
+        w, ac = self.class_weights, self.align_corners
+        losses = {"seg": seg_ce(state.source.logits, state.labels, weight=w, align_corners=ac)}
         if state.source.aux_logits is not None:
-            losses["seg_aux"] = self.seg_aux_weight * seg_ce(state.source.aux_logits, state.labels, weight=w)
+            losses["seg_aux"] = self.seg_aux_weight * seg_ce(state.source.aux_logits, state.labels, weight=w,
+                                                             align_corners=ac)
         return losses
 
     # ------------------------------------------------------------------ the step template

@@ -16,6 +16,8 @@ from ..registry import METHODS
 from .base import StepState, UDAMethod
 from .mean_teacher import MeanTeacher
 
+CE_MEANS = ("valid", "all")  # the source CE over labelled pixels (DACS) or over every pixel (DAFormer's mmseg)
+
 
 def pseudo_labels(teacher_logits: torch.Tensor, threshold: float, ignore_top: int = 0,
                   ignore_bottom: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,9 +48,10 @@ class DACS(UDAMethod):
     Where the two references differ, which one each choice follows: ClassMix draws from the batch's classes,
     the ignore label included (DAFormer; DACS draws per image, an option); the colour jitter is kornia 0.5.8's
     operator in both, at DAFormer's strength 0.2 (DACS: 0.25); the EMA warm-up gives a = 0.5 after the first
-    step (DAFormer; DACS: 0); the source CE averages over valid pixels (DACS and ADVENT; mmseg 0.16, under
-    DAFormer, divides by all pixels, ignored ones included) and logits are upsampled with
-    ``align_corners=True`` (DACS; DAFormer: False).
+    step (DAFormer; DACS: 0); the source CE averages over valid pixels (DACS and ADVENT; ``source_ce_mean="all"``
+    as mmseg 0.16 under DAFormer, which divides by all pixels, ignored ones included) and logits are upsampled
+    with the network's convention (``align_corners=True`` on DeepLab-v2 as DACS, ``False`` on DAFormer's MiT
+    network as DAFormer).
 
     Args:
         alpha: EMA factor of the teacher (0.99, as DACS and DAFormer).
@@ -68,6 +71,10 @@ class DACS(UDAMethod):
         teacher_bn: ``"batch"`` (references) or ``"stored"`` (option: eval mode with the student's running
             statistics); see :class:`MeanTeacher`.
         teacher_jittered_input: option: the teacher labels the photometrically jittered target batch instead.
+        source_ce_mean: ``"valid"`` (DACS: the source CE's mean over the labelled pixels) or ``"all"`` (DAFormer's
+            mmseg 0.16 ``CrossEntropyLoss``: the sum over labelled pixels divided by all pixels, so a crop with
+            ignored pixels weighs less; the DAFormer / MIC recipes set it). With class weights (our option) the
+            weighted mean over labelled pixels is kept either way.
     """
 
     def __init__(self, segmentor: Segmentor, addons: Sequence[nn.Module] = (), seg_aux_weight: float = 0.1,
@@ -76,7 +83,7 @@ class DACS(UDAMethod):
                  mix_class_weights: bool = False, teacher_bn: str = "batch",
                  teacher_jittered_input: bool = False, color_jitter_operator: str = "kornia",
                  class_mix_classes: str = "batch", psweight_ignore_top: int = 0,
-                 psweight_ignore_bottom: int = 0) -> None:
+                 psweight_ignore_bottom: int = 0, source_ce_mean: str = "valid") -> None:
         super().__init__(segmentor, addons, seg_aux_weight)
         self.teacher = MeanTeacher(segmentor, alpha, bn=teacher_bn)
         self.pseudo_threshold, self.mix_weight = pseudo_threshold, mix_weight
@@ -88,6 +95,9 @@ class DACS(UDAMethod):
                              f"{color_jitter_operator!r}")
         if class_mix_classes not in MIX_CLASSES:
             raise ValueError(f"dacs class_mix_classes must be one of {MIX_CLASSES}, got {class_mix_classes!r}")
+        if source_ce_mean not in CE_MEANS:
+            raise ValueError(f"dacs source_ce_mean must be one of {CE_MEANS}, got {source_ce_mean!r}")
+        self.source_ce_mean = source_ce_mean
         if psweight_ignore_top < 0 or psweight_ignore_bottom < 0:
             raise ValueError("dacs psweight_ignore_top and psweight_ignore_bottom must be >= 0")
         self.jitter_operator, self.class_mix_classes = color_jitter_operator, class_mix_classes
@@ -122,16 +132,28 @@ class DACS(UDAMethod):
         state.mixed_labels, state.mixed_weights = mixed_labels, mixed_weights
         return state
 
+    def segmentation_loss(self, state: StepState) -> dict[str, torch.Tensor]:
+        """The source CE (+ aux), averaged as ``source_ce_mean`` says."""
+        if self.source_ce_mean == "valid" or self.class_weights is not None:
+            return super().segmentation_loss(state)
+        every_pixel = torch.ones(state.labels.shape, device=state.labels.device)  # ignored pixels' CE is 0
+        ac = self.align_corners
+        losses = {"seg": pixel_weighted_ce(state.source.logits, state.labels, every_pixel, align_corners=ac)}
+        if state.source.aux_logits is not None:
+            losses["seg_aux"] = self.seg_aux_weight * pixel_weighted_ce(state.source.aux_logits, state.labels,
+                                                                        every_pixel, align_corners=ac)
+        return losses
+
     def generator_losses(self, state: StepState) -> dict[str, torch.Tensor]:
         """Source CE (+ aux) and the pixel-weighted mixed CE (+ aux)."""
         assert state.mixed is not None and state.mixed_labels is not None and state.mixed_weights is not None
         losses = self.segmentation_loss(state)
-        w = self.class_weights if self.mix_class_weights else None
+        w, ac = self.class_weights if self.mix_class_weights else None, self.align_corners
         losses["mix"] = self.mix_weight * pixel_weighted_ce(state.mixed.logits, state.mixed_labels,
-                                                            state.mixed_weights, weight=w)
+                                                            state.mixed_weights, weight=w, align_corners=ac)
         if state.mixed.aux_logits is not None:
             losses["mix_aux"] = self.mix_weight * self.seg_aux_weight * pixel_weighted_ce(
-                state.mixed.aux_logits, state.mixed_labels, state.mixed_weights, weight=w)
+                state.mixed.aux_logits, state.mixed_labels, state.mixed_weights, weight=w, align_corners=ac)
         return losses
 
     def after_optimizer_step(self, step: int) -> None:

@@ -89,8 +89,10 @@ class MaskedImageConsistency(nn.Module):
         if state.teacher_image.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
         out = method.segmentor.forward_all(x)
-        losses = {"mic": self.lambda_mic * pixel_weighted_ce(out.logits, state.pseudo_labels, state.pseudo_weights)}
+        ac = method.align_corners
+        losses = {"mic": self.lambda_mic * pixel_weighted_ce(out.logits, state.pseudo_labels, state.pseudo_weights,
+                                                             align_corners=ac)}
         if out.aux_logits is not None:
             losses["mic_aux"] = self.lambda_mic * method.seg_aux_weight * pixel_weighted_ce(
-                out.aux_logits, state.pseudo_labels, state.pseudo_weights)
+                out.aux_logits, state.pseudo_labels, state.pseudo_weights, align_corners=ac)
         return losses, {"mic_pseudo_weight": float(state.pseudo_weights.mean())}

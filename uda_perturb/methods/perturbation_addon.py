@@ -158,7 +158,8 @@ class PerturbationAddon(nn.Module):
         assert state.target_size is not None
         views = []
         for domain, size in (("source", state.source_size), ("target", state.target_size)):
-            views.append(method.discriminator_view(self._perturbed[domain], upsample(self._adv_logits[domain], size)))
+            up = upsample(self._adv_logits[domain], size, method.align_corners)
+            views.append(method.discriminator_view(self._perturbed[domain], up))
         return {"d_perturbed": 0.5 * bce_to(disc(views[0]), SOURCE_LABEL) + 0.5 * bce_to(disc(views[1]), TARGET_LABEL)}
 
 

@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..classifier_modules import ALIGN_CORNERS_TAG
 from ..losses import upsample
 from ..registry import HEADS
 
@@ -111,12 +112,15 @@ class SegFormerFusion(nn.Module):
 
 
 class Classifier(nn.Module):
-    """F of a fusion head: dropout, then a 1x1 convolution named as the reference names it."""
+    """F of a fusion head: dropout, then a 1x1 convolution named as the reference names it. Tagged
+    ``align_corners=False``: mmseg's heads resize logits so (DAFormer's ``resize`` in training and inference), and
+    the methods, the evaluation and ``perturb_and_defend`` follow the tag."""
 
     def __init__(self, in_ch: int, num_classes: int, dropout: float = 0.1, name: str = "conv_seg") -> None:
         super().__init__()
         self.dropout, self.name = nn.Dropout2d(dropout), name
         setattr(self, name, nn.Conv2d(in_ch, num_classes, 1))
+        setattr(self, ALIGN_CORNERS_TAG, False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return getattr(self, self.name)(self.dropout(x))

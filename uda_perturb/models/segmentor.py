@@ -7,6 +7,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ..classifier_modules import align_corners_of
 from ..losses import upsample
 from ..registry import BACKBONES, HEADS
 from . import fusion_heads as _fusion_heads  # noqa: F401  (registers the daformer and segformer heads)
@@ -64,6 +65,13 @@ class Segmentor(nn.Module):
         """F: the module applied to ``features(x)``."""
         return self.head
 
+    @property
+    def align_corners(self) -> bool:
+        """How this network's logits are upsampled to pixel size: what its classifier declares (``False`` for the
+        fusion heads, as mmseg), else ``True`` (the DeepLab-v2 references). Losses and evaluation follow it."""
+        declared = align_corners_of([self.head])
+        return True if declared is None else declared
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """G: the main feature map (the perturbation site)."""
         return self.backbone(x)["out"]
@@ -83,8 +91,8 @@ class Segmentor(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Main-head logits bilinearly upsampled to the input size."""
-        return upsample(self.classify(self.features(x)), tuple(x.shape[-2:]))
+        """Main-head logits bilinearly upsampled to the input size (with :attr:`align_corners`)."""
+        return upsample(self.classify(self.features(x)), tuple(x.shape[-2:]), self.align_corners)
 
     def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """``(backbone_params, head_params)`` with ``requires_grad``; heads train at 10x lr in DeepLab-v2 (and in
