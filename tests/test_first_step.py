@@ -70,3 +70,62 @@ def test_a_head_with_batchnorm_keeps_its_own_forward_unless_asked_and_disconnect
     assert len(calls) == 3
     with pytest.raises(ValueError, match=r"first_step must be one of \('auto', 'caller', 'own'\), got 'mine'"):
         up.Perturber(first_step="mine")
+
+
+def test_the_discriminator_objective_reuses_the_callers_d_output_bit_for_bit_with_one_d_forward_fewer():
+    trunk, head, x, y, D = setup(ASPPv2(16, K, dilations=(1, 2), branches=2))
+    results, grads, forwards = {}, {}, {}
+    for reuse in (False, True):
+        for p in [*trunk.parameters(), *head.parameters()]:
+            p.grad = None
+        calls = counted(D)
+        f = trunk(x)
+        z = head(f)
+        d_out = D(torch.nn.functional.interpolate(z, size=(33, 35), mode="bilinear", align_corners=True).softmax(1))
+        out = up.perturb_and_defend(f, head, domain="target", output_size=(33, 35), discriminator=D, clean_logits=z,
+                                    channels_last=None, objective_stats=False,
+                                    clean_discriminator_output=d_out if reuse else None)
+        forwards[reuse] = len(calls)
+        (z.mean() + 0.1 * d_out.mean() + out.loss).backward()  # the caller's graph, D's part included, survives
+        results[reuse] = out
+        grads[reuse] = [p.grad.clone() for p in [*trunk.parameters(), *head.parameters()]]
+        D._forward_hooks.clear()
+    assert forwards == {False: 2, True: 1}  # the caller's D forward, and the attack's own only without reuse
+    assert torch.equal(results[False].perturbed, results[True].perturbed)
+    assert torch.equal(results[False].loss, results[True].loss)
+    assert all(torch.equal(a, b) for a, b in zip(grads[False], grads[True]))
+
+
+def test_a_discriminator_output_that_is_not_on_the_clean_logits_is_refused():
+    trunk, head, x, y, D = setup(ASPPv2(16, K, dilations=(1, 2), branches=2))
+    f = trunk(x)
+    z = head(f)
+    other = D(torch.randn(2, K, 33, 35, requires_grad=True).softmax(1))
+    kw = dict(domain="target", output_size=(33, 35), discriminator=D)
+    with pytest.raises(ValueError, match=r"^clean_discriminator_output must be D's output on the maps built from "
+                                         r"clean_logits, with its graph"):
+        up.perturb_and_defend(f, head, clean_logits=z, clean_discriminator_output=other, **kw)
+    with pytest.raises(ValueError, match=r"^clean_discriminator_output needs discriminator= and clean_logits="):
+        up.perturb_and_defend(f, head, clean_discriminator_output=D(z.softmax(1)), **kw)
+
+
+def test_apodas_step_takes_the_target_attacks_d_output_from_its_adversarial_loss():
+    from uda_perturb.methods import build_method
+
+    g = torch.Generator().manual_seed(3)
+    source = {"image": torch.randn(2, 3, 32, 48, generator=g), "label": torch.randint(0, 4, (2, 32, 48), generator=g)}
+    target = {"image": torch.randn(2, 3, 32, 48, generator=g)}
+    runs = {}
+    for mode in ("own", "auto"):
+        torch.manual_seed(0)
+        seg = up.build_segmentor("aspp_v2", backbone="lite", num_classes=4, backbone_kwargs={"width": 8})
+        method = build_method("apoda", seg, [], {"ndf": 8, "perturbation": {"first_step": mode, "channels_last": None}})
+        method.record_stats = False
+        calls = counted(method.discriminators["main"])
+        result = method.training_step(source, target)
+        runs[mode] = (len(calls), result.generator_losses, [p.grad for p in seg.parameters()])
+    (n_own, losses_own, grads_own), (n_auto, losses_auto, grads_auto) = runs["own"], runs["auto"]
+    # G's adversarial loss, the attack on source, (own only: the attack on target), D's loss on both domains
+    assert (n_own, n_auto) == (1 + 1 + 1 + 2, 1 + 1 + 2)
+    assert losses_own == losses_auto
+    assert all(torch.equal(a, b) for a, b in zip(grads_own, grads_auto) if a is not None)

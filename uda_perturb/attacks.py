@@ -63,9 +63,11 @@ class DiscriminatorAttack(AttackObjective):
 
     def forward(self, ctx: ObjectiveContext, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         assert ctx.discriminator is not None
+        label = SOURCE_LABEL if ctx.domain == "source" else TARGET_LABEL
+        if ctx.caller_discriminator_output is not None and logits is ctx.caller_logits:
+            return bce_to(ctx.caller_discriminator_output, label)  # the caller's D forward on these very maps
         d_in = discriminator_input(ctx.discriminator_input, features, ctx.upsample(logits))
         check_discriminator_input(ctx.discriminator, ctx.discriminator_input, d_in, features, logits.shape[1])
-        label = SOURCE_LABEL if ctx.domain == "source" else TARGET_LABEL
         return bce_to(ctx.discriminator(d_in), label)
 
 

@@ -56,3 +56,23 @@ def graph_reaches(output: torch.Tensor, source: torch.Tensor) -> bool:
                 seen.add(id(child))
                 stack.append(child)
     return False
+
+
+def check_discriminator_output(output: Optional[torch.Tensor], clean_logits: Optional[torch.Tensor],
+                               discriminator: Optional[nn.Module]) -> None:
+    """Refuse a ``clean_discriminator_output`` that cannot be D's output on the maps built from ``clean_logits``:
+    without a discriminator or clean logits, not a tensor, or with a graph that does not reach the logits."""
+    if output is None:
+        return
+    if discriminator is None or clean_logits is None:
+        raise ValueError("clean_discriminator_output needs discriminator= and clean_logits= (it is D's output on the "
+                         "maps built from the clean logits)")
+    if not isinstance(output, torch.Tensor) or output.grad_fn is None or not graph_reaches(output, clean_logits):
+        raise ValueError("clean_discriminator_output must be D's output on the maps built from clean_logits, with "
+                         "its graph (computed with autograd on, from those logits)")
+
+
+def reuses_discriminator_output(mode: str, discriminator: Optional[nn.Module]) -> bool:
+    """Whether the first step may take the discriminator objective from the caller's D output: a D without
+    BatchNorm or dropout gives the same output in the caller's mode and in the attack's (``auto``), or asked."""
+    return discriminator is not None and (mode == "caller" or not mode_sensitive([discriminator]))

@@ -39,6 +39,10 @@ class ObjectiveContext:
     pixel_weights: Optional[torch.Tensor] = None  # B x H x W weights of the labels (self-training's mixed labels)
     align_corners: bool = True  # how logits are upsampled to pixel size (True: the DeepLab references)
     upsampler: Optional[Upsampler] = None  # the caller's own upsampling, replacing align_corners
+    # the first step from the caller's graph: its clean logits and D's output on the maps built from them (with
+    # their graphs), so that the discriminator objective backs through the caller's D forward instead of its own
+    caller_logits: Optional[torch.Tensor] = None
+    caller_discriminator_output: Optional[torch.Tensor] = None
 
     @property
     def pixel_size(self) -> tuple[int, int]:

@@ -23,7 +23,7 @@ from .attack_combination import (
 )
 from .classifier_modules import align_corners_of, modules_behind
 from .defense_pass import defense_logits, needs_reference
-from .first_step import FIRST_STEP_MODES, can_reuse
+from .first_step import FIRST_STEP_MODES, can_reuse, check_discriminator_output, reuses_discriminator_output
 from .losses import IGNORE_INDEX
 from .model_state import frozen_state
 from .models.discriminators import DISCRIMINATOR_INPUTS, DiscriminatorSpace
@@ -221,6 +221,9 @@ class Perturber(nn.Module):
             f = self._attack_point(f0, delta)
             logits = logits_of(call.classifier, f)
         ctx = self._context(call, f0, logits)
+        if reuse and call.discriminator_output is not None and reuses_discriminator_output(self.first_step,
+                                                                                           call.discriminator):
+            ctx = replace(ctx, caller_logits=logits, caller_discriminator_output=call.discriminator_output)
         if len(groups) == 1:
             return ctx, [self._gradients(attacks, ctx, f, logits, scale, want_each, keep_graph=reuse)]
         raw, _, each = self._gradients(attacks, ctx, f, logits, scale, want_each=True, keep_graph=reuse)
@@ -248,6 +251,7 @@ class Perturber(nn.Module):
                 clean_logits: Optional[torch.Tensor] = None, output_size: Optional[tuple[int, int]] = None,
                 measure: bool = False, class_weights: Optional[torch.Tensor] = None,
                 pixel_weights: Optional[torch.Tensor] = None, modules: Optional[Sequence[nn.Module]] = None,
+                clean_discriminator_output: Optional[torch.Tensor] = None,
                 ) -> tuple[torch.Tensor, PerturbStats, ObjectiveContext]:
         """Return ``(f*, stats, ctx)``: the detached perturbed features and what the attack did.
 
@@ -257,6 +261,11 @@ class Perturber(nn.Module):
         lambda); pass ``modules=[...]`` where they cannot be found (``[]``: it has none).
         Pass ``clean_logits`` when the caller already has ``classifier(features)``; without them (and without
         a random start) the first attack step's forward pass provides them, so no pass is wasted.
+        ``clean_discriminator_output``: D's output on the maps this call builds from ``clean_logits`` (the same
+        upsampling and discriminator input), taken from the caller's own forward with its graph, e.g. AdaptSegNet's
+        adversarial loss on target: when the first step comes from the caller's graph (``first_step``), the
+        discriminator objective backs through it instead of running D (a D with BatchNorm or dropout: only with
+        ``first_step="caller"``); otherwise it is not used.
         ``measure=True`` spends one more forward pass to fill ``stats.attack_loss_after`` and each objective's
         ``loss_perturbed`` (in the attack's mode).
         ``class_weights`` weight the label-based ``ce`` defense per class (attacks stay unweighted: an L2
@@ -268,21 +277,22 @@ class Perturber(nn.Module):
         directly: no gradient pass, the same radius.
         """
         attacks, call = self._prepare(features, classifier, labels, domain, discriminator, clean_logits, output_size,
-                                      class_weights, pixel_weights, modules)
+                                      class_weights, pixel_weights, modules, clean_discriminator_output)
         return self._perturb(attacks, call, measure)
 
     def _prepare(self, features: torch.Tensor, classifier: Classifier, labels: Optional[torch.Tensor], domain: str,
                  discriminator: Optional[nn.Module], clean_logits: Optional[torch.Tensor],
                  output_size: Optional[tuple[int, int]], class_weights: Optional[torch.Tensor],
-                 pixel_weights: Optional[torch.Tensor],
-                 modules: Optional[Sequence[nn.Module]]) -> tuple[list[Term], _Call]:
+                 pixel_weights: Optional[torch.Tensor], modules: Optional[Sequence[nn.Module]],
+                 discriminator_output: Optional[torch.Tensor] = None) -> tuple[list[Term], _Call]:
         """The inputs checked, and the modules behind the classifier found once for the attack and the defense."""
         attacks = self._attacks_for(discriminator)
         labels = check_inputs(features, labels, domain, discriminator, attacks, self._defenses_for(domain),
                               clean_logits, output_size, self.discriminator_input, self.upsample is not None)
+        check_discriminator_output(discriminator_output, clean_logits, discriminator)
         heads = modules_behind(classifier, modules)
         return attacks, _Call(features, classifier, heads, labels, domain, discriminator, clean_logits, output_size,
-                              class_weights, pixel_weights, self._align(heads))
+                              class_weights, pixel_weights, self._align(heads), discriminator_output)
 
     def _perturb(self, attacks: list[Term], call: _Call,
                  measure: bool = False) -> tuple[torch.Tensor, PerturbStats, ObjectiveContext]:
@@ -330,20 +340,24 @@ class Perturber(nn.Module):
                     combined = self._combined(terms, summed, parts, each)
                     size = position_norm(combined)  # once: what moved, and the L2 direction
                     moved[i] |= size > 0
-                    direction = unit_direction(combined, self.norm, size)
+                    # the balanced sum is this loop's own temporary; a summed gradient may be autograd's view
+                    direction = unit_direction(combined, self.norm, size, in_place=summed is None)
                     deltas[i] = advance(deltas[i], direction, alpha, r, self.norm, self.project)
                     units += parts if parts is not None and want_each else [None] * len(terms)
                     directions += [direction] * len(terms)
                 if tracker is not None:
                     tracker.record([u[0] if u else None for u in units], [u[1] if u else None for u in units],
                                    directions, same_point=len(groups) == 1 or (step == 0 and not self.random_start))
-            deltas = [d * m for d, m in zip(deltas, moved)]  # positions without gradient (ignored pixels) stay put
+            # positions without gradient (ignored pixels) stay put
+            deltas = [d if bool(m.all()) else d.mul_(m) for d, m in zip(deltas, moved)]
             chunks = [(f0.float() + d).to(f0.dtype).contiguous().detach() for d in deltas]
             assert ctx is not None
             after = self._measure(groups, ctx, chunks, call.classifier) if measure else None
-        stats = _summary(torch.cat(deltas), f0.repeat(len(groups), 1, 1, 1), torch.cat(moved), loss_before,
-                         sum(t.weight * v for t, v in zip(attacks, after)) if after is not None else None,
-                         f0_norm.repeat(len(groups), 1, 1, 1))
+        one = len(groups) == 1  # no copies of the buffers for one f*
+        stats = _summary(deltas[0] if one else torch.cat(deltas),
+                         f0_norm if one else f0_norm.repeat(len(groups), 1, 1, 1),
+                         moved[0] if one else torch.cat(moved), loss_before,
+                         sum(t.weight * v for t, v in zip(attacks, after)) if after is not None else None)
         if tracker is not None:
             tracker.set_losses(clean, after if after is not None else [float("nan")] * len(attacks))
             stats.objectives, stats.direction_cosine = tracker.result()
@@ -384,13 +398,14 @@ class Perturber(nn.Module):
         with torch.no_grad():
             delta = term.module.displacement(f0.float(), self._radius(f0, self.eps), self.norm)  # type: ignore
         perturbed = (f0.float() + delta).to(f0.dtype).contiguous().detach()
-        return perturbed, _summary(delta, f0, position_norm(delta) > 0, 0.0, None), ctx
+        return perturbed, _summary(delta, position_norm(f0), position_norm(delta) > 0, 0.0, None), ctx
 
     def forward(self, features: torch.Tensor, classifier: Classifier, *, labels: Optional[torch.Tensor] = None,
                 domain: str = "source", discriminator: Optional[nn.Module] = None,
                 clean_logits: Optional[torch.Tensor] = None, output_size: Optional[tuple[int, int]] = None,
                 class_weights: Optional[torch.Tensor] = None, pixel_weights: Optional[torch.Tensor] = None,
-                modules: Optional[Sequence[nn.Module]] = None) -> PerturbResult:
+                modules: Optional[Sequence[nn.Module]] = None,
+                clean_discriminator_output: Optional[torch.Tensor] = None) -> PerturbResult:
         """Perturb ``features`` and return the weighted defense loss on ``classifier(f*)``.
 
         The defense compares like with like: where the clean logits at hand may come from another mode than the
@@ -398,7 +413,7 @@ class Perturber(nn.Module):
         the defense pass's mode (:mod:`~uda_perturb.defense_pass`), so at ``eps -> 0`` every defense loss -> 0.
         """
         attacks, call = self._prepare(features, classifier, labels, domain, discriminator, clean_logits, output_size,
-                                      class_weights, pixel_weights, modules)
+                                      class_weights, pixel_weights, modules, clean_discriminator_output)
         perturbed, stats, ctx = self._perturb(attacks, call)
         heads = call.heads
         groups = self._groups(attacks)
@@ -459,6 +474,7 @@ class _Call:
     class_weights: Optional[torch.Tensor]
     pixel_weights: Optional[torch.Tensor]
     align_corners: bool
+    discriminator_output: Optional[torch.Tensor] = None  # the caller's D forward on the clean maps, with its graph
 
 
 def _is_control(attacks: list[Term]) -> bool:
@@ -471,7 +487,8 @@ def perturb_and_defend(features: torch.Tensor, classifier: Classifier, *, labels
                        eps: float = 0.1, steps: int = 1, clean_logits: Optional[torch.Tensor] = None,
                        output_size: Optional[tuple[int, int]] = None,
                        class_weights: Optional[torch.Tensor] = None, pixel_weights: Optional[torch.Tensor] = None,
-                       modules: Optional[Sequence[nn.Module]] = None, **settings: Any) -> PerturbResult:
+                       modules: Optional[Sequence[nn.Module]] = None,
+                       clean_discriminator_output: Optional[torch.Tensor] = None, **settings: Any) -> PerturbResult:
     """Perturb each position of ``features`` adversarially and return the classifier's defense loss.
 
     Example::
@@ -487,13 +504,15 @@ def perturb_and_defend(features: torch.Tensor, classifier: Classifier, *, labels
     ``pixel_weights`` weight its label pixels (self-training's mixed labels). ``attacks="random"`` or
     ``"dropout"`` runs a gradient-free control instead of an attack, at the same radius. ``classifier`` may be
     any callable from features to logits; the modules behind it are found and frozen during the attack
-    (``modules=[...]`` names them where they cannot be found).
+    (``modules=[...]`` names them where they cannot be found). ``clean_discriminator_output``: D's output on the
+    clean maps from the caller's own forward, which the first attack step then reuses (:meth:`Perturber.perturb`).
     """
     check_settings(settings)
     perturber = Perturber(attacks, defenses, eps=eps, steps=steps, **settings)
     return perturber(features, classifier, labels=labels, domain=domain, discriminator=discriminator,
                      clean_logits=clean_logits, output_size=output_size, class_weights=class_weights,
-                     pixel_weights=pixel_weights, modules=modules)
+                     pixel_weights=pixel_weights, modules=modules,
+                     clean_discriminator_output=clean_discriminator_output)
 
 
 def check_settings(settings: dict[str, Any]) -> None:

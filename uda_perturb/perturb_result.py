@@ -41,11 +41,11 @@ class PerturbResult:
     adv_logits: torch.Tensor
 
 
-def _summary(delta: torch.Tensor, f0: torch.Tensor, moved: torch.Tensor, loss_before: float,
-             loss_after: Optional[float], f0_norm: Optional[torch.Tensor] = None) -> PerturbStats:
-    """Per-position norms of the displacement ``delta`` of ``f0`` (``f0_norm``: its per-position norms when already
-    computed), and the share of positions ``moved``."""
+def _summary(delta: torch.Tensor, f0_norm: torch.Tensor, moved: torch.Tensor, loss_before: float,
+             loss_after: Optional[float]) -> PerturbStats:
+    """Per-position norms of the displacement ``delta`` of features whose per-position norms are ``f0_norm``, and
+    the share of positions ``moved``."""
     norms = position_norm(delta)
-    rel = norms / ((position_norm(f0) if f0_norm is None else f0_norm) + _TINY)
+    rel = norms / (f0_norm + _TINY)
     return PerturbStats(float(norms.mean()), float(norms.max()), float(rel.mean()), float(moved.float().mean()),
                         loss_before, loss_after)

@@ -84,10 +84,12 @@ def step(model: ResDeeplab, discs: Sequence[nn.Module], cap: up.FeatureCapture, 
         loss = loss + w * F.cross_entropy(up_(z), ys, ignore_index=255)
     logits_t = model(xt)
     feats_t = cap.take()
+    d_outs_t = []  # D's outputs on the target maps: the target attack's first step reuses them (no D forward)
     for d, w, z in zip(discs, LAMBDA_ADV, logits_t):
         for p in d.parameters():
             p.requires_grad_(False)
-        loss = loss + w * bce(d(F.softmax(up_(z), dim=1)), 0.0)
+        d_outs_t.append(d(F.softmax(up_(z), dim=1)))
+        loss = loss + w * bce(d_outs_t[-1], 0.0)
     if defend:  # the add-on, as a user writes it: both levels, both domains, the level's own D
         for level, (head, d, w) in enumerate(zip(heads, discs, LAMBDA_SEG_AUX)):
             key = ("aux", "main")[level]
@@ -96,7 +98,8 @@ def step(model: ResDeeplab, discs: Sequence[nn.Module], cap: up.FeatureCapture, 
                                           first_step=first_step, objective_stats=stats)
             out_t = up.perturb_and_defend(feats_t[key], head, domain="target", discriminator=d, upsample=up_,
                                           clean_logits=logits_t[level], defense_bn_mode=defense_bn_mode,
-                                          combine=combine, first_step=first_step, objective_stats=stats)
+                                          combine=combine, first_step=first_step, objective_stats=stats,
+                                          clean_discriminator_output=d_outs_t[level])
             loss = loss + w * (out_s.loss + 0.1 * out_t.loss)
     loss.backward()
     d_loss = torch.zeros(())

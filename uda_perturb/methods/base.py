@@ -39,6 +39,9 @@ class StepState:
     # the step's batches as the trainer handed them over, for add-ons that read images (feature distance)
     source_batch: Optional[dict] = None
     target_batch: Optional[dict] = None
+    # each level's D output on the target maps in G's adversarial loss, with its graph: the perturbation add-on's
+    # first attack step reuses it instead of a D forward of its own
+    target_discriminator_outputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -164,8 +167,9 @@ class UDAMethod(nn.Module):
         for level, (feat, logits) in self.levels(state.target, state.target_size).items():
             d = self.discriminators[level]
             with no_param_grads(d):
-                losses[f"adv_{level}"] = self.adv_weights[level] * bce_to(d(self.discriminator_view(feat, logits)),
-                                                                         SOURCE_LABEL)
+                out = d(self.discriminator_view(feat, logits))
+            state.target_discriminator_outputs[level] = out
+            losses[f"adv_{level}"] = self.adv_weights[level] * bce_to(out, SOURCE_LABEL)
         return losses
 
     def discriminator_loss(self, state: StepState) -> dict[str, torch.Tensor]:

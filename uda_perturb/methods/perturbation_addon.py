@@ -12,6 +12,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
+from ..classifier_modules import align_corners_of
 from ..losses import SOURCE_LABEL, TARGET_LABEL, bce_to, upsample
 from ..models.segmentor import SegmentorOutput
 from ..objective_stats import finite
@@ -126,6 +127,10 @@ class PerturbationAddon(nn.Module):
         if state.mixed is not None:
             sides.append(("mixed", "source", view(state.mixed), state.mixed_labels, state.mixed_weights, None,
                           self.lambda_mixed))
+        # the method's own D forward on the target maps, where the attack would build the very same D input
+        d_outputs = {}
+        if disc is not None and level in state.target_discriminator_outputs and self._same_maps(method, classifier):
+            d_outputs["target"] = state.target_discriminator_outputs[level]
         # label-based defense CEs keep the class balance of the method's own losses
         weights = {"source": method.class_weights,
                    "mixed": method.class_weights if getattr(method, "mix_class_weights", False) else None}
@@ -138,7 +143,7 @@ class PerturbationAddon(nn.Module):
             res = perturber(
                 out.features, classifier, labels=labels, domain=domain, discriminator=disc,
                 clean_logits=out.logits, output_size=size, class_weights=weights.get(name),
-                pixel_weights=pixel_weights)
+                pixel_weights=pixel_weights, clean_discriminator_output=d_outputs.get(name))
             losses[f"def_{name}"] = weight_of_level * weight * res.loss
             stats[f"{name}_norm"] = res.stats.mean_norm
             stats[f"{name}_moved"] = res.stats.fraction_perturbed
@@ -149,6 +154,14 @@ class PerturbationAddon(nn.Module):
                 self._adv_logits[name] = res.adv_logits.detach()
                 self._perturbed[name] = res.perturbed
         return losses, stats
+
+    def _same_maps(self, method: UDAMethod, classifier: nn.Module) -> bool:
+        """Whether the attack builds D's input as the method does: no upsampling of its own in the settings, and
+        the classifier's declared convention the method's."""
+        if {"upsample", "align_corners"} & set(self.perturber_kwargs):
+            return False
+        declared = align_corners_of([classifier])
+        return (True if declared is None else declared) == method.align_corners
 
     def discriminator_losses(self, method: UDAMethod, state: StepState) -> dict[str, torch.Tensor]:
         """With ``d_on_perturbed``: the main D also learns perturbed source -> 0, perturbed target -> 1."""
