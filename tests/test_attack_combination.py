@@ -241,3 +241,24 @@ def test_objective_gradients_free_the_graph_after_the_last_unless_it_is_the_call
     # unit_direction's L2 branch without a precomputed norm: g / |g| at each position
     x = torch.tensor([[[[3.0]], [[4.0]]]])
     torch.testing.assert_close(unit_direction(x, "l2"), torch.tensor([[[[0.6]], [[0.8]]]]))
+
+
+def test_unit_l2_takes_one_norm_where_it_is_safe_and_scales_each_position_where_it_is_not():
+    from uda_perturb.attack_combination import unit_l2
+
+    torch.manual_seed(0)
+    g = torch.randn(2, 6, 3, 4)
+    u, n = unit_l2(g)  # every norm in [1e-15, 1e19]: one norm, no scaling
+    torch.testing.assert_close(n, g.double().norm(dim=1, keepdim=True).float())
+    torch.testing.assert_close(u, g / g.double().norm(dim=1, keepdim=True).float())
+    u_cl, n_cl = unit_l2(g.contiguous(memory_format=torch.channels_last))  # the other norm kernel, the same values
+    torch.testing.assert_close((u_cl, n_cl), (u, n))
+    # positions whose squares under- or overflow float32, and a zero one, in the same tensor: scaled per position
+    g[0, :, 0, 0] = 1e-25 * torch.arange(1.0, 7.0)
+    g[0, :, 0, 1] = 1e25 * torch.arange(1.0, 7.0)
+    g[1, :, 2, 3] = 0.0
+    u, n = unit_l2(g)
+    exact = g.double().norm(dim=1, keepdim=True)
+    torch.testing.assert_close(n.double(), exact, rtol=1e-6, atol=0)
+    torch.testing.assert_close(u.double(), g.double() / exact.clamp_min(1e-300), rtol=1e-5, atol=1e-7)
+    assert torch.isfinite(u).all() and u[1, :, 2, 3].abs().sum() == 0

@@ -31,7 +31,7 @@ from .objective_context import Classifier, ObjectiveContext, Upsampler
 from .objective_spec import ObjectiveSpec, Term, resolve
 from .objective_stats import ObjectiveTracker, finite
 from .perturb_checks import check_inputs, check_label_values, logits_of
-from .perturb_geometry import advance, radius, random_start
+from .perturb_geometry import advance, project, radius, random_start
 from .perturb_result import PerturbResult, PerturbStats, _summary
 from .registry import ATTACKS, DEFENSES
 
@@ -342,7 +342,12 @@ class Perturber(nn.Module):
                     moved[i] |= size > 0
                     # the balanced sum is this loop's own temporary; a summed gradient may be autograd's view
                     direction = unit_direction(combined, self.norm, size, in_place=summed is None)
-                    deltas[i] = advance(deltas[i], direction, alpha, r, self.norm, self.project)
+                    if step == 0 and not self.random_start:  # from the clean point: the step is the displacement,
+                        deltas[i] = direction * alpha  # in the ball already unless alpha exceeds eps
+                        if self.project and self.alpha > self.eps:
+                            deltas[i] = project(deltas[i], r, self.norm)
+                    else:
+                        deltas[i] = advance(deltas[i], direction, alpha, r, self.norm, self.project)
                     units += parts if parts is not None and want_each else [None] * len(terms)
                     directions += [direction] * len(terms)
                 if tracker is not None:
