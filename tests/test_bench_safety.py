@@ -2,6 +2,7 @@
 continue a run cut off from its checkpoint, and start an adaptation run only once its warm start exists."""
 import argparse
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -11,7 +12,7 @@ import pytest
 import torch
 from helpers import TINY, die_during_step
 
-from uda_perturb.bench.report import ResultsExistError, check_replace, results_folder
+from uda_perturb.bench.report import ResultsExistError, check_replace, environment, results_folder
 from uda_perturb.bench.runner import FINGERPRINT, STARTED, Run, launch, lock_path, run_all, start_weights
 from uda_perturb.config import load_config
 from uda_perturb.engine import Trainer
@@ -27,6 +28,18 @@ def compare_main(argv, results_dir):
 
     i = argv.index("--dataset")
     return main(["run", argv[i + 1], *argv[:i], *argv[i + 2:]], results_default=results_dir)
+
+
+def test_the_recorded_command_carries_the_variables_that_change_cpu_timings(monkeypatch):
+    for key in [k for k in os.environ if k.startswith(("MALLOC_", "LD_PRELOAD", "OMP_", "MKL_", "KMP_"))]:
+        monkeypatch.delenv(key)
+    monkeypatch.setattr(sys, "argv", ["benchmarks/speed.py", "--out", "a b"])
+    assert environment()["command"] == "python benchmarks/speed.py --out 'a b'"
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "4294967296")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.setenv("PATH_UNRELATED", "x")
+    assert environment()["command"] == ("MALLOC_MMAP_THRESHOLD_=4294967296 OMP_NUM_THREADS=2 python "
+                                        "benchmarks/speed.py --out 'a b'")
 
 
 def test_results_folder_is_the_given_one_else_the_default(tmp_path):

@@ -67,3 +67,21 @@ def test_the_mode_gap_is_what_the_defense_measured_before():
         q = h.eval()(f).log_softmax(1)
     gap = float((p * (p.log() - q)).sum(1).mean())
     assert gap > 0.02  # 2000x the bound the test above holds the defense to
+
+
+def test_a_label_based_defense_takes_no_reference_forward_unless_a_statistic_reads_it():
+    torch.manual_seed(1)
+    f = torch.randn(2, 8, 6, 6)
+    y = torch.randint(0, K, (2, 6, 6))
+    runs = {}
+    for defenses, stats in ((["ce"], False), (["ce"], None), (["ce", "kl"], False)):
+        h = head()  # fresh running statistics: each defense pass updates them
+        calls: list = []
+        h.register_forward_hook(lambda m, i, o, calls=calls: calls.append(1))
+        torch.manual_seed(2)
+        out = up.perturb_and_defend(f, h, labels=y, defenses=defenses, clean_logits=h(f), objective_stats=stats)
+        runs[(len(defenses), stats)] = (len(calls), out.losses["ce"].detach(), torch.rand(1))
+    # the caller's forward, the attack's own (BatchNorm: not the caller's graph), the defense pass, the reference
+    assert [n for n, _, _ in runs.values()] == [3, 4, 4]
+    (_, ce, rng), (_, ce_stats, rng_stats) = runs[(1, False)], runs[(1, None)]
+    assert torch.equal(ce, ce_stats) and torch.equal(rng, rng_stats)  # the same defense, the same random stream

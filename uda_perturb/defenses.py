@@ -13,9 +13,13 @@ from .registry import DEFENSES
 
 
 class DefenseLoss(nn.Module):
-    """Base class: subclasses implement ``forward(ctx, adv_logits)`` returning a scalar to minimise."""
+    """Base class: subclasses implement ``forward(ctx, adv_logits)`` returning a scalar to minimise.
+    ``reads_clean``: whether it compares with the clean prediction (``ctx.clean_logits``); on a head with BatchNorm
+    or dropout that costs a reference forward in the defense pass's mode, skipped where no defense reads it (and no
+    statistic asks for it). True unless a subclass says otherwise."""
 
     needs_labels: bool = False
+    reads_clean: bool = True
 
     def forward(self, ctx: ObjectiveContext, adv_logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -27,7 +31,7 @@ class CrossEntropyDefense(DefenseLoss):
     ``ctx.class_weights`` is set; with ``ctx.pixel_weights`` it is the pixel-weighted loss of self-training
     (:func:`~uda_perturb.losses.pixel_weighted_ce`), so the defense weighs pseudo-labels as the method does."""
 
-    needs_labels = True
+    needs_labels, reads_clean = True, False
 
     def forward(self, ctx: ObjectiveContext, adv_logits: torch.Tensor) -> torch.Tensor:
         assert ctx.labels is not None
@@ -48,6 +52,8 @@ class KLDefense(DefenseLoss):
 @DEFENSES.register("entropy")
 class EntropyDefense(DefenseLoss):
     """Mean normalised entropy of ``softmax(F(f*))``."""
+
+    reads_clean = False
 
     def forward(self, ctx: ObjectiveContext, adv_logits: torch.Tensor) -> torch.Tensor:
         return entropy_loss(ctx.upsample(adv_logits))

@@ -424,7 +424,12 @@ class Perturber(nn.Module):
         groups = self._groups(attacks)
         chunks = perturbed.chunk(len(groups)) if len(groups) > 1 else (perturbed,)
         f0 = features.detach()
-        reference = needs_reference(heads, self.defense_bn_mode, clean_logits is not None, self.bn_mode)
+        defenses = self._defenses_for(domain)
+        # the clean reference only where something reads it: a defense comparing with the clean prediction, the
+        # per-objective statistics or the attack loss at f* (a label-based ce alone does not)
+        read = (any(getattr(t.module, "reads_clean", True) for t in defenses) or bool(stats.objectives)
+                or self.track_attack_loss)
+        reference = read and needs_reference(heads, self.defense_bn_mode, clean_logits is not None, self.bn_mode)
         adv, refs = defense_logits(classifier, chunks, f0, heads, self.defense_bn_mode, reference)
         ctxs = [ctx] * len(adv) if refs is None else [replace(ctx, clean_logits=r) for r in refs]
         if self.track_attack_loss and not _is_control(attacks):
@@ -433,7 +438,6 @@ class Perturber(nn.Module):
                                               in zip(groups, ctxs, chunks, adv) for t in terms)
         if stats.objectives:
             self._objective_losses(stats, groups, ctxs, f0, chunks, adv, discriminator, refs is not None)
-        defenses = self._defenses_for(domain)
         if len(adv) == 1:
             adv_logits = adv[0]
             losses = {t.name: t.weight * t.module(ctxs[0], adv_logits) for t in defenses}

@@ -43,7 +43,7 @@ def random_start(f0: torch.Tensor, r: torch.Tensor, norm: str) -> torch.Tensor:
 def advance(delta: torch.Tensor, direction: torch.Tensor, alpha: torch.Tensor, r: torch.Tensor, norm: str,
             keep_in_ball: bool) -> torch.Tensor:
     """One attack step: ``delta + alpha * direction``, projected onto each position's ball when ``keep_in_ball``;
-    ``delta`` (the attack's own buffer) is updated in place: on CPU every fresh feature-sized tensor costs page
-    faults, which made the attack's arithmetic 1.5-2x slower than the same operations on reused memory."""
+    ``delta`` (the attack's own buffer) is updated in place: on CPU each fresh feature-sized tensor costs page
+    faults (glibc hands large blocks back to the system when freed), more than the arithmetic on it."""
     delta.add_(alpha * direction)
     return project(delta, r, norm) if keep_in_ball else delta

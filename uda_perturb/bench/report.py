@@ -21,12 +21,17 @@ from .runner import Run, load_results
 DEFAULT_RESULTS = Path("benchmarks") / "results"
 
 
+TIMING_VARIABLES = ("MALLOC_", "LD_PRELOAD", "OMP_", "MKL_", "KMP_")
+
+
 def environment() -> dict[str, Any]:
-    """Versions and machine facts recorded next to every result."""
+    """Versions and machine facts recorded next to every result; the command starts with the environment
+    variables that change CPU timings (the allocator's, the thread pools') when any is set."""
     import torchvision
 
+    tuned = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k.startswith(TIMING_VARIABLES)]
     return {
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "command": " ".join([*tuned, "python", *(shlex.quote(a) for a in sys.argv)]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "python": platform.python_version(),
         "torch": torch.__version__,
