@@ -262,3 +262,21 @@ def test_unit_l2_takes_one_norm_where_it_is_safe_and_scales_each_position_where_
     torch.testing.assert_close(n.double(), exact, rtol=1e-6, atol=0)
     torch.testing.assert_close(u.double(), g.double() / exact.clamp_min(1e-300), rtol=1e-5, atol=1e-7)
     assert torch.isfinite(u).all() and u[1, :, 2, 3].abs().sum() == 0
+
+
+def test_unit_direction_keeps_its_input_unless_in_place_and_balanced_weights_scale_each_direction():
+    from uda_perturb.attack_combination import balanced_direction, unit_direction, unit_l2
+
+    torch.manual_seed(1)
+    g = torch.randn(2, 4, 3, 3)
+    keep = g.clone()
+    torch.testing.assert_close(unit_direction(g, "l2"), keep / keep.norm(dim=1, keepdim=True))
+    assert torch.equal(g, keep)  # not in place unless asked
+    assert unit_direction(g, "l2", in_place=True).data_ptr() == g.data_ptr()
+    a, b = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    ua, ub = unit_l2(a)[0], unit_l2(b)[0]
+    kept = ua.clone()
+    torch.testing.assert_close(balanced_direction([a, b], [ua, ub], [2.0, 0.5], "l2"), 2.0 * ua + 0.5 * ub)
+    torch.testing.assert_close(balanced_direction([a, b], [ua, ub], [2.0, 0.5], "linf"),
+                               2.0 * a.sign() + 0.5 * b.sign())
+    assert torch.equal(ua, kept)  # the statistics still read the parts

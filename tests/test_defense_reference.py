@@ -13,9 +13,9 @@ import uda_perturb as up
 K = 5
 
 
-def head():
+def head(dropout=0.3):
     torch.manual_seed(0)
-    h = nn.Sequential(nn.Conv2d(8, 16, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.Dropout2d(0.3), nn.Conv2d(16, K, 1))
+    h = nn.Sequential(nn.Conv2d(8, 16, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.Dropout2d(dropout), nn.Conv2d(16, K, 1))
     with torch.no_grad():  # running statistics far from this batch's: the train/eval gap is large
         h[1].running_mean.fill_(0.5)
         h[1].running_var.fill_(3.0)
@@ -24,13 +24,14 @@ def head():
 
 @pytest.mark.parametrize("defense_bn_mode", ["train", "eval"])
 @pytest.mark.parametrize("caller_logits", [True, False])
-def test_at_eps_to_zero_the_defense_sees_no_difference(defense_bn_mode, caller_logits):
-    h = head()
+@pytest.mark.parametrize("dropout, bn_mode", [(0.3, "eval"), (0.0, "eval"), (0.0, "batch")])
+def test_at_eps_to_zero_the_defense_sees_no_difference(defense_bn_mode, caller_logits, dropout, bn_mode):
+    h = head(dropout)  # with dropout every pass draws new masks; without it only BatchNorm's mode differs
     torch.manual_seed(1)
     f = torch.randn(2, 8, 6, 6)
     clean = h(f) if caller_logits else None  # the caller's own train-mode forward, its own dropout masks
     out = up.perturb_and_defend(f, h, domain="target", defenses=["kl", {"name": "pseudo_ce", "threshold": 0.0}],
-                                eps=1e-7, clean_logits=clean, defense_bn_mode=defense_bn_mode)
+                                eps=1e-7, clean_logits=clean, defense_bn_mode=defense_bn_mode, bn_mode=bn_mode)
     assert float(out.losses["kl"].detach()) < 1e-6, float(out.losses["kl"].detach())
     # pseudo-labels from the reference of the defense's mode: at eps -> 0 they are the defense pass's own argmax
     adv = out.adv_logits.detach()
@@ -74,14 +75,14 @@ def test_a_label_based_defense_takes_no_reference_forward_unless_a_statistic_rea
     f = torch.randn(2, 8, 6, 6)
     y = torch.randint(0, K, (2, 6, 6))
     runs = {}
-    for defenses, stats in ((["ce"], False), (["ce"], None), (["ce", "kl"], False)):
+    for defenses, stats in ((["ce"], False), (["ce"], None), (["ce", "kl"], False), (["ce", "entropy"], False)):
         h = head()  # fresh running statistics: each defense pass updates them
         calls: list = []
         h.register_forward_hook(lambda m, i, o, calls=calls: calls.append(1))
         torch.manual_seed(2)
         out = up.perturb_and_defend(f, h, labels=y, defenses=defenses, clean_logits=h(f), objective_stats=stats)
-        runs[(len(defenses), stats)] = (len(calls), out.losses["ce"].detach(), torch.rand(1))
+        runs[(*defenses, stats)] = (len(calls), out.losses["ce"].detach(), torch.rand(1))
     # the caller's forward, the attack's own (BatchNorm: not the caller's graph), the defense pass, the reference
-    assert [n for n, _, _ in runs.values()] == [3, 4, 4]
-    (_, ce, rng), (_, ce_stats, rng_stats) = runs[(1, False)], runs[(1, None)]
+    assert [n for n, _, _ in runs.values()] == [3, 4, 4, 3]  # entropy reads only the perturbed prediction
+    (_, ce, rng), (_, ce_stats, rng_stats) = runs[("ce", False)], runs[("ce", None)]
     assert torch.equal(ce, ce_stats) and torch.equal(rng, rng_stats)  # the same defense, the same random stream

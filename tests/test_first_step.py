@@ -4,6 +4,7 @@ with one head forward fewer; the caller's graph survives for its backward; a hea
 attack's own forward unless asked; logits not computed from the features fall back."""
 import pytest
 import torch
+from helpers import raises_exactly
 from torch import nn
 
 import uda_perturb as up
@@ -102,11 +103,51 @@ def test_a_discriminator_output_that_is_not_on_the_clean_logits_is_refused():
     z = head(f)
     other = D(torch.randn(2, K, 33, 35, requires_grad=True).softmax(1))
     kw = dict(domain="target", output_size=(33, 35), discriminator=D)
-    with pytest.raises(ValueError, match=r"^clean_discriminator_output must be D's output on the maps built from "
-                                         r"clean_logits, with its graph"):
-        up.perturb_and_defend(f, head, clean_logits=z, clean_discriminator_output=other, **kw)
-    with pytest.raises(ValueError, match=r"^clean_discriminator_output needs discriminator= and clean_logits="):
+    not_d = ("clean_discriminator_output must be D's output on the maps built from clean_logits, with its graph "
+             "(computed with autograd on, from those logits)")
+    for bad in (other, [0.5], D(z.detach().softmax(1))):  # another input's, not a tensor, no graph to the logits
+        with raises_exactly(ValueError, not_d):
+            up.perturb_and_defend(f, head, clean_logits=z, clean_discriminator_output=bad, **kw)
+    with raises_exactly(ValueError, "clean_discriminator_output needs discriminator= and clean_logits= (it is D's "
+                                    "output on the maps built from the clean logits)"):
         up.perturb_and_defend(f, head, clean_discriminator_output=D(z.softmax(1)), **kw)
+
+
+def test_a_discriminator_with_batchnorm_lends_its_output_only_when_asked():
+    trunk, head, x, y, _ = setup(ASPPv2(16, K, dilations=(1, 2), branches=2))
+    D = nn.Sequential(nn.Conv2d(K, 8, 3, padding=1), nn.BatchNorm2d(8), nn.LeakyReLU(0.2),
+                      nn.Conv2d(8, 1, 3, padding=1))
+    forwards = {}
+    for mode in ("auto", "caller"):
+        calls = counted(D)
+        f = trunk(x)
+        z = head(f)
+        d_out = D(torch.nn.functional.interpolate(z, size=(33, 35), mode="bilinear", align_corners=True).softmax(1))
+        up.perturb_and_defend(f, head, domain="target", output_size=(33, 35), discriminator=D, clean_logits=z,
+                              first_step=mode, objective_stats=False, clean_discriminator_output=d_out)
+        forwards[mode] = len(calls)
+        D._forward_hooks.clear()
+    # train-mode BatchNorm in the caller's D forward, running statistics in the attack's: its own unless asked
+    assert forwards == {"auto": 2, "caller": 1}
+
+
+def test_logits_without_a_graph_to_the_features_fall_back_and_leaf_features_are_found():
+    trunk, head, x, y, D = setup(ASPPv2(16, K, dilations=(1, 2), branches=2))
+    f = trunk(x)
+    leaf = torch.randn(2, 16, 33, 35, requires_grad=True)  # features without a grad_fn (a leaf of the graph)
+    other = torch.randn(2, 16, 33, 35, requires_grad=True)
+    with torch.no_grad():
+        no_graph = head(f)
+    cases = [(f, no_graph, 2), (f, torch.randn(2, K, 33, 35, requires_grad=True), 2),  # not from the features
+             (leaf, lambda: head(leaf), 1), (leaf, lambda: head(other), 2)]  # a leaf found; another leaf not
+    for features, logits, attack_forwards in cases:
+        calls = counted(head)
+        z = logits() if callable(logits) else logits
+        calls.clear()
+        out = up.perturb_and_defend(features, head, labels=y, clean_logits=z, objective_stats=False)
+        assert len(calls) == attack_forwards  # (the attack's own forward) and the defense pass
+        out.loss.backward()
+        head._forward_hooks.clear()
 
 
 def test_apodas_step_takes_the_target_attacks_d_output_from_its_adversarial_loss():

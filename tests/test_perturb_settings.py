@@ -94,6 +94,13 @@ identity = nn.Identity()  # a classifier module with nothing to freeze
      ValueError, "labels must be B x H x W with B=2, got (3, 4, 4)"),
     (lambda p: p.perturb(torch.zeros(2, 3, 4, 4), identity, labels=torch.full((2, 4, 4), 0.5)), TypeError,
      "labels must hold whole class ids; got torch.float32 values such as 0.5"),
+    (lambda p: p.perturb(torch.zeros(2, 3, 4, 4), identity, labels=torch.tensor([0.0] * 31 + [2.5]).view(2, 4, 4)),
+     TypeError, "labels must hold whole class ids; got torch.float32 values such as 2.5"),  # the one value named
+    (lambda p: Perturber(["discriminator"]).perturb(torch.ones(2, 3, 4, 4), identity, domain="target",
+                                                    discriminator=identity, clean_logits=torch.ones(2, 3, 4, 4)),
+     ValueError, "a discriminator attack without labels needs output_size=(H, W): the image size the discriminator "
+     "judges (or clean_logits already at that size, or upsample= your own upsampler); without it D would see "
+     "feature-resolution maps"),  # clean logits at the features' size are no pixel size
     (lambda p: p.perturb(torch.zeros(2, 3, 4, 4), identity, labels=torch.full((2, 4, 4), 3)), ValueError,
      "labels hold values [3] outside [0, 3) other than the ignore index 255"),
     (lambda p: p.perturb(torch.zeros(1, 3, 4, 4), identity, labels=torch.arange(3, 19).view(1, 4, 4)), ValueError,

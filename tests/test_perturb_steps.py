@@ -86,3 +86,18 @@ def test_a_control_reports_the_share_it_moved_and_no_objective():
     out, stats, _ = Perturber("random", eps=0.1).perturb(f0, identity, domain="target")
     assert stats.fraction_perturbed == 0.5 and stats.attack_loss_before == 0.0
     assert torch.equal(out[0, :, 0, 1], torch.zeros(3))
+
+
+class Signed(nn.Module):
+    """Objective with a constant gradient of mixed signs: +1, -1, +1 on the three channels."""
+
+    def forward(self, ctx, f, logits):
+        return (f * torch.tensor([1.0, -1.0, 1.0]).view(1, 3, 1, 1)).sum()
+
+
+def test_linf_steps_are_clipped_to_the_box_on_both_sides():
+    f = torch.randn(2, 3, 2, 2)
+    # alpha = eps: the first step reaches the box's faces, the next two would leave it and are clipped back
+    fstar, _, _ = absolute(Signed(), eps=0.1, steps=3, alpha=0.1, norm="linf").perturb(f, identity)
+    expected = 0.1 * torch.tensor([1.0, -1.0, 1.0]).view(1, 3, 1, 1).expand_as(f)
+    torch.testing.assert_close(fstar - f, expected)

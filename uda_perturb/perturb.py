@@ -221,8 +221,7 @@ class Perturber(nn.Module):
             f = self._attack_point(f0, delta)
             logits = logits_of(call.classifier, f)
         ctx = self._context(call, f0, logits)
-        if reuse and call.discriminator_output is not None and reuses_discriminator_output(self.first_step,
-                                                                                           call.discriminator):
+        if reuse and call.discriminator_output is not None:
             ctx = replace(ctx, caller_logits=logits, caller_discriminator_output=call.discriminator_output)
         if len(groups) == 1:
             return ctx, [self._gradients(attacks, ctx, f, logits, scale, want_each, keep_graph=reuse)]
@@ -309,6 +308,8 @@ class Perturber(nn.Module):
         want_each = tracker is not None and len(attacks) > 1 and (self.combine != "sum" or bool(self.objective_stats))
         # before the freeze: whether the caller's graph was made in a mode that matters
         reuse = can_reuse(self.first_step, call.heads, call.features, call.clean_logits, self.random_start)
+        if not (reuse and reuses_discriminator_output(self.first_step, call.discriminator)):
+            call = replace(call, discriminator_output=None)  # D's mode matters (decided before the freeze too)
         with frozen_state(*call.heads, call.discriminator, bn_mode=self.bn_mode), torch.enable_grad():
             f0_norm = position_norm(f0)  # once: the radius, the step size and the statistics all use it
             r, alpha = self._radius(f0, self.eps, f0_norm), self._radius(f0, self.alpha, f0_norm)

@@ -14,8 +14,8 @@ DOMAINS = ("source", "target")
 
 def check_inputs(features: torch.Tensor, labels: Optional[torch.Tensor], domain: str,
                  discriminator: Optional[nn.Module], attacks: list[Term], defenses: list[Term],
-                 clean_logits: Optional[torch.Tensor] = None, output_size: Optional[tuple[int, int]] = None,
-                 discriminator_space: Any = "softmax", upsampled: bool = False) -> Optional[torch.Tensor]:
+                 clean_logits: Optional[torch.Tensor], output_size: Optional[tuple[int, int]],
+                 discriminator_space: Any, upsampled: bool) -> Optional[torch.Tensor]:
     """Refuse what the perturbation cannot use, with one line naming the fix. Returns the labels as integers
     (float labels holding whole numbers, as the references' loaders give them, are converted)."""
     if not isinstance(features, torch.Tensor) or features.dim() != 4:
