@@ -15,7 +15,8 @@ K = 5
 
 def head(dropout=0.3):
     torch.manual_seed(0)
-    h = nn.Sequential(nn.Conv2d(8, 16, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.Dropout2d(dropout), nn.Conv2d(16, K, 1))
+    drop = nn.Dropout2d(dropout) if dropout else nn.Identity()  # without it, only BatchNorm's mode differs
+    h = nn.Sequential(nn.Conv2d(8, 16, 1), nn.BatchNorm2d(16), nn.ReLU(), drop, nn.Conv2d(16, K, 1))
     with torch.no_grad():  # running statistics far from this batch's: the train/eval gap is large
         h[1].running_mean.fill_(0.5)
         h[1].running_var.fill_(3.0)
@@ -86,3 +87,14 @@ def test_a_label_based_defense_takes_no_reference_forward_unless_a_statistic_rea
     assert [n for n, _, _ in runs.values()] == [3, 4, 4, 3]  # entropy reads only the perturbed prediction
     (_, ce, rng), (_, ce_stats, rng_stats) = runs[("ce", False)], runs[("ce", None)]
     assert torch.equal(ce, ce_stats) and torch.equal(rng, rng_stats)  # the same defense, the same random stream
+
+
+def test_an_eval_defense_reuses_the_attacks_own_eval_mode_logits_as_its_reference():
+    h = head(0.0)  # BatchNorm only
+    torch.manual_seed(1)
+    f = torch.randn(2, 8, 6, 6)
+    calls: list = []
+    h.register_forward_hook(lambda m, i, o: calls.append(1))
+    out = up.perturb_and_defend(f, h, domain="target", eps=1e-7, defense_bn_mode="eval", objective_stats=False)
+    assert len(calls) == 2  # the attack's forward (running statistics: the defense's mode) and the defense pass
+    assert float(out.losses["kl"].detach()) < 1e-6

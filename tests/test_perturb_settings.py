@@ -81,6 +81,9 @@ identity = nn.Identity()  # a classifier module with nothing to freeze
 
 
 @pytest.mark.parametrize("call, error, text", [
+    (lambda p: p.perturb(torch.zeros(2, 3, 4, 4), lambda f: None, domain="target", modules=[]), TypeError,
+     "the classifier returned a NoneType, not a logits tensor: pass a callable from features to one B x K x h x w "
+     "tensor"),  # no way to pick logits from it: no hint
     (lambda p: p.perturb(torch.zeros(2, 3, 4), identity), ValueError,
      "features must be a B x C x h x w tensor, got (2, 3, 4)"),
     (lambda p: p.perturb([1.0], identity), ValueError, "features must be a B x C x h x w tensor, got list"),
