@@ -170,3 +170,12 @@ def test_apodas_step_takes_the_target_attacks_d_output_from_its_adversarial_loss
     assert (n_own, n_auto) == (1 + 1 + 1 + 2, 1 + 1 + 2)
     assert losses_own == losses_auto
     assert all(torch.equal(a, b) for a, b in zip(grads_own, grads_auto) if a is not None)
+
+
+def test_clean_logits_at_pixel_size_are_not_taken_for_the_heads_output():
+    trunk, head, x, y, D = setup(ASPPv2(16, K, dilations=(1, 2), branches=2))
+    calls = counted(head)
+    f = trunk(x)
+    z = torch.nn.functional.interpolate(head(f), size=(66, 70), mode="bilinear", align_corners=False)  # the caller's
+    up.perturb_and_defend(f, head, labels=torch.randint(0, K, (2, 66, 70)), clean_logits=z, objective_stats=False)
+    assert len(calls) == 3  # the caller's, the attack's own at feature size, the defense pass
