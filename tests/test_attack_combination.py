@@ -280,3 +280,21 @@ def test_unit_direction_keeps_its_input_unless_in_place_and_balanced_weights_sca
     torch.testing.assert_close(balanced_direction([a, b], [ua, ub], [2.0, 0.5], "linf"),
                                2.0 * a.sign() + 0.5 * b.sign())
     assert torch.equal(ua, kept)  # the statistics still read the parts
+
+
+def test_the_fused_balanced_sum_is_the_sum_of_unit_directions_and_statistics_change_no_step():
+    from uda_perturb.attack_combination import balanced_direction, balanced_l2, unit_l2
+
+    torch.manual_seed(2)
+    a, b = torch.randn(2, 4, 3, 3), 1e-6 * torch.randn(2, 4, 3, 3)
+    units = [unit_l2(a)[0], unit_l2(b)[0]]
+    torch.testing.assert_close(balanced_l2([a, b], [2.0, 0.5]), balanced_direction([a, b], units, [2.0, 0.5], "l2"))
+    b[0, :, 0, 0] = 0.0  # a position without gradient: the scaled route decides, not the fused one
+    assert balanced_l2([a, b], [1.0, 1.0]) is None
+    # the same f* whether or not the per-objective statistics are measured
+    clf, disc = nn.Conv2d(C, K, 1), nn.Conv2d(K, 1, 1)
+    f, y = torch.randn(2, C, 5, 5), torch.randint(0, K, (2, 5, 5))
+    runs = [up.Perturber(["classifier", "discriminator"], objective_stats=s).perturb(f, clf, labels=y,
+                                                                                     discriminator=disc)[0]
+            for s in (False, True)]
+    assert torch.equal(runs[0], runs[1])

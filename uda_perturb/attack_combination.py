@@ -54,6 +54,12 @@ def objective_gradients(values: Sequence[torch.Tensor], f: torch.Tensor, scale: 
     return grads
 
 
+def safe_norms(n: torch.Tensor) -> bool:
+    """Whether every per-position norm lies in [1e-15, 1e19]: its squares far from float32's under- and overflow,
+    so a gradient divided by it is its unit vector without scaling each position first."""
+    return bool(((n >= 1e-15) & (n <= 1e19)).all())
+
+
 def unit_l2(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(u, n)``: ``g``'s unit vector over channels at each position and its norm there (``B x 1 x h x w``),
     however small ``g``: a saturated discriminator's gradient can lie far below the 1e-12 that
@@ -61,12 +67,25 @@ def unit_l2(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     is outside [1e-15, 1e19] (or zero) each position is first scaled by its largest entry. Zero stays zero."""
     g = g.float()
     n = position_norm(g)
-    if bool(((n >= 1e-15) & (n <= 1e19)).all()):  # squares far from under- and overflow: 3 passes instead of 6
+    if safe_norms(n):  # 3 passes instead of 6
         return g / n, n
     peak = torch.maximum(g.amax(dim=1, keepdim=True), g.amin(dim=1, keepdim=True).neg())  # |g|'s max, no |g| copy
     scaled = g / peak.clamp_min(torch.finfo(torch.float32).tiny)
     n = position_norm(scaled)
     return scaled.div_(n.clamp_min(1.0)), peak * n  # a non-zero position's norm is >= 1 after scaling
+
+
+def balanced_l2(grads: Sequence[torch.Tensor], weights: Sequence[float]) -> Optional[torch.Tensor]:
+    """The L2 ``balanced`` sum ``sum_o w_o g_o / |g_o|`` without the unit vectors as tensors of their own (one pass
+    per objective after its norm), where every norm is safe (:func:`safe_norms`); ``None`` otherwise, for
+    :func:`unit_l2`'s scaled route. Equal to :func:`balanced_direction` of the :func:`unit_l2` units up to rounding."""
+    norms = [position_norm(g) for g in grads]
+    if not all(safe_norms(n) for n in norms):
+        return None
+    out = grads[0].float() * (weights[0] / norms[0])
+    for g, n, w in zip(grads[1:], norms[1:], weights[1:]):
+        out.addcmul_(g.float(), w / n)
+    return out
 
 
 def balanced_direction(grads: Sequence[torch.Tensor], units: Sequence[torch.Tensor], weights: Sequence[float],

@@ -15,7 +15,9 @@ from torch import nn
 
 from .attack_combination import (
     COMBINE_MODES,
+    TINY,
     balanced_direction,
+    balanced_l2,
     objective_gradients,
     position_norm,
     unit_direction,
@@ -186,8 +188,9 @@ class Perturber(nn.Module):
             return [[t] for t in attacks]
         return [attacks]
 
-    def _attack_point(self, f0: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        f = (f0.float() + delta).to(f0.dtype)
+    def _attack_point(self, f0: torch.Tensor, delta: Optional[torch.Tensor]) -> torch.Tensor:
+        # the clean point (delta None) is f0 itself: a new leaf on the same memory, no copy
+        f = f0.detach() if delta is None else (f0.float() + delta).to(f0.dtype)
         if self.channels_last is not None:
             f = f.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         return f.requires_grad_(True)
@@ -210,7 +213,8 @@ class Perturber(nn.Module):
             return raw, g.float(), objective_gradients(weighted, f, scale, keep_graph)
         return raw, g.float(), [g.float()] if len(terms) == 1 else None
 
-    def _first_pass(self, attacks: list[Term], groups: list[list[Term]], f0: torch.Tensor, delta: torch.Tensor,
+    def _first_pass(self, attacks: list[Term], groups: list[list[Term]], f0: torch.Tensor,
+                    delta: Optional[torch.Tensor],
                     call: _Call, reuse: bool, scale: float,
                     want_each: bool) -> tuple[ObjectiveContext, list[_Gradients]]:
         """Step 0 from one point for every group: the caller's own graph (``reuse``: no forward here) or one
@@ -313,8 +317,9 @@ class Perturber(nn.Module):
         with frozen_state(*call.heads, call.discriminator, bn_mode=self.bn_mode), torch.enable_grad():
             f0_norm = position_norm(f0)  # once: the radius, the step size and the statistics all use it
             r, alpha = self._radius(f0, self.eps, f0_norm), self._radius(f0, self.alpha, f0_norm)
-            deltas = [random_start(f0, r, self.norm) if self.random_start else torch.zeros_like(f0, dtype=torch.float32)
-                      for _ in groups]
+            # None: the clean point; every group's displacement is a tensor from the first step on
+            deltas: list[Optional[torch.Tensor]] = [random_start(f0, r, self.norm) if self.random_start else None
+                                                    for _ in groups]
             moved = [torch.zeros((f0.shape[0], 1, *f0.shape[2:]), dtype=torch.bool, device=f0.device) for _ in groups]
             scale = float(f0.shape[0] * f0.shape[2] * f0.shape[3])
             ctx: Optional[ObjectiveContext] = None
@@ -337,30 +342,45 @@ class Perturber(nn.Module):
                 units: list[Optional[tuple[torch.Tensor, torch.Tensor]]] = []
                 directions: list[torch.Tensor] = []
                 for i, (terms, (_, summed, each)) in enumerate(zip(groups, evals)):
-                    parts = [unit_l2(g) for g in each] if each is not None and (want_each or summed is None) else None
-                    combined = self._combined(terms, summed, parts, each)
+                    # balanced (L2): the sum of unit directions without them as tensors of their own; the units
+                    # only for the statistics, so that measuring them changes no result
+                    fused = (balanced_l2(each, [abs(t.weight) for t in terms])
+                             if summed is None and each is not None and self.norm == "l2" else None)
+                    parts = None
+                    if each is not None and (want_each or (summed is None and fused is None)):
+                        parts = [unit_l2(g) for g in each]
+                    combined = fused if fused is not None else self._combined(terms, summed, parts, each)
                     size = position_norm(combined)  # once: what moved, and the L2 direction
                     moved[i] |= size > 0
-                    # the balanced sum is this loop's own temporary; a summed gradient may be autograd's view
-                    direction = unit_direction(combined, self.norm, size, in_place=summed is None)
-                    if step == 0 and not self.random_start:  # from the clean point: the step is the displacement,
-                        deltas[i] = direction * alpha  # in the ball already unless alpha exceeds eps
-                        if self.project and self.alpha > self.eps:
-                            deltas[i] = project(deltas[i], r, self.norm)
-                    else:
-                        deltas[i] = advance(deltas[i], direction, alpha, r, self.norm, self.project)
                     units += parts if parts is not None and want_each else [None] * len(terms)
-                    directions += [direction] * len(terms)
+                    own = summed is None  # the balanced sum is this loop's temporary; a summed gradient may be a view
+                    if step == 0 and not self.random_start:  # from the clean point: the step is the displacement,
+                        if self.norm == "l2":  # scaled in one pass; the direction as a tensor only for the statistics
+                            if tracker is not None:
+                                directions += [combined / (size + TINY)] * len(terms)
+                            factor = alpha / (size + TINY)
+                            deltas[i] = combined.mul_(factor) if own else combined * factor
+                        else:
+                            direction = unit_direction(combined, self.norm, size, in_place=own)
+                            deltas[i] = direction * alpha
+                            directions += [direction] * len(terms)
+                        if self.project and self.alpha > self.eps:  # in the ball already unless alpha exceeds eps
+                            deltas[i] = project(cast(torch.Tensor, deltas[i]), r, self.norm)
+                    else:
+                        direction = unit_direction(combined, self.norm, size, in_place=own)
+                        deltas[i] = advance(cast(torch.Tensor, deltas[i]), direction, alpha, r, self.norm,
+                                            self.project)
+                        directions += [direction] * len(terms)
                 if tracker is not None:
                     tracker.record([u[0] if u else None for u in units], [u[1] if u else None for u in units],
                                    directions, same_point=len(groups) == 1 or (step == 0 and not self.random_start))
             # positions without gradient (ignored pixels) stay put
-            deltas = [d if bool(m.all()) else d.mul_(m) for d, m in zip(deltas, moved)]
-            chunks = [(f0.float() + d).to(f0.dtype).contiguous().detach() for d in deltas]
+            moves = [d if bool(m.all()) else d.mul_(m) for d, m in zip(cast(list[torch.Tensor], deltas), moved)]
+            chunks = [(f0.float() + d).to(f0.dtype).contiguous().detach() for d in moves]
             assert ctx is not None
             after = self._measure(groups, ctx, chunks, call.classifier) if measure else None
         one = len(groups) == 1  # no copies of the buffers for one f*
-        stats = _summary(deltas[0] if one else torch.cat(deltas),
+        stats = _summary(moves[0] if one else torch.cat(moves),
                          f0_norm if one else f0_norm.repeat(len(groups), 1, 1, 1),
                          moved[0] if one else torch.cat(moved), loss_before,
                          sum(t.weight * v for t, v in zip(attacks, after)) if after is not None else None)
