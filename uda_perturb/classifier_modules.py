@@ -71,11 +71,12 @@ def _name(obj: Any) -> str:
     return getattr(obj, "__qualname__", None) or type(obj).__name__
 
 
-def align_corners_of(modules: Sequence[nn.Module]) -> Optional[bool]:
-    """The upsampling convention a model declares (``split_torchvision`` tags torchvision's heads ``False``)."""
+def align_corners_of(modules: Sequence[nn.Module]) -> bool:
+    """The upsampling convention a model declares (``split_torchvision`` tags torchvision's heads ``False``, the
+    fusion heads' classifier too), else ``True`` (the DeepLab-v2 references')."""
     for module in modules:
         for m in module.modules():
             tag = getattr(m, ALIGN_CORNERS_TAG, None)
             if tag is not None:
                 return bool(tag)
-    return None
+    return True

@@ -245,8 +245,7 @@ class Perturber(nn.Module):
     def _align(self, heads: Sequence[nn.Module]) -> bool:
         if self.align_corners is not None:
             return self.align_corners
-        declared = align_corners_of(heads)
-        return True if declared is None else declared
+        return align_corners_of(heads)
 
     # --------------------------------------------------------------------------------------- public API
     def perturb(self, features: torch.Tensor, classifier: Classifier, *, labels: Optional[torch.Tensor] = None,

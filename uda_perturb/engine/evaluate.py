@@ -20,8 +20,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, out_size: Sequence[in
                    scales: Sequence[float] = (1.0,)) -> torch.Tensor:
     """Class scores ``B x K x H x W`` at ``out_size``: mean softmax over scales (x flip when asked)."""
     base = tuple(eval_size) if eval_size else tuple(images.shape[-2:])
-    declared = align_corners_of([model])  # the network's convention (torchvision's, mmseg's heads: False)
-    align_corners = True if declared is None else declared
+    align_corners = align_corners_of([model])  # the network's convention (torchvision's, mmseg's heads: False)
     total = None
     for s in scales:
         size = (max(1, round(base[0] * s)), max(1, round(base[1] * s)))

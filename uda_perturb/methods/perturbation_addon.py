@@ -160,8 +160,7 @@ class PerturbationAddon(nn.Module):
         the classifier's declared convention the method's."""
         if {"upsample", "align_corners"} & set(self.perturber_kwargs):
             return False
-        declared = align_corners_of([classifier])
-        return (True if declared is None else declared) == method.align_corners
+        return align_corners_of([classifier]) == method.align_corners
 
     def discriminator_losses(self, method: UDAMethod, state: StepState) -> dict[str, torch.Tensor]:
         """With ``d_on_perturbed``: the main D also learns perturbed source -> 0, perturbed target -> 1."""

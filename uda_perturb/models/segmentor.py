@@ -69,8 +69,7 @@ class Segmentor(nn.Module):
     def align_corners(self) -> bool:
         """How this network's logits are upsampled to pixel size: what its classifier declares (``False`` for the
         fusion heads, as mmseg), else ``True`` (the DeepLab-v2 references). Losses and evaluation follow it."""
-        declared = align_corners_of([self.head])
-        return True if declared is None else declared
+        return align_corners_of([self.head])
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """G: the main feature map (the perturbation site)."""
