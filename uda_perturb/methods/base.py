@@ -193,14 +193,16 @@ class UDAMethod(nn.Module):
             weights = weights.detach().float().to(next(self.segmentor.parameters()).device)
         self.class_weights = weights
 
+    def source_ce(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One level's supervised CE: logits upsampled to the labels with the network's convention, averaged
+        over labelled pixels, class-weighted when :meth:`set_class_weights` was given weights."""
+        return seg_ce(logits, labels, weight=self.class_weights, align_corners=self.align_corners)
+
     def segmentation_loss(self, state: StepState) -> dict[str, torch.Tensor]:
-        """Source CE on the main head (+ ``seg_aux_weight`` x the aux head when multi-level), class-weighted
-        when :meth:`set_class_weights` was given weights."""
-        w, ac = self.class_weights, self.align_corners
-        losses = {"seg": seg_ce(state.source.logits, state.labels, weight=w, align_corners=ac)}
+        """:meth:`source_ce` on the main head (+ ``seg_aux_weight`` x the aux head when multi-level)."""
+        losses = {"seg": self.source_ce(state.source.logits, state.labels)}
         if state.source.aux_logits is not None:
-            losses["seg_aux"] = self.seg_aux_weight * seg_ce(state.source.aux_logits, state.labels, weight=w,
-                                                             align_corners=ac)
+            losses["seg_aux"] = self.seg_aux_weight * self.source_ce(state.source.aux_logits, state.labels)
         return losses
 
     # ------------------------------------------------------------------ the step template

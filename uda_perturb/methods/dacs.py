@@ -132,17 +132,12 @@ class DACS(UDAMethod):
         state.mixed_labels, state.mixed_weights = mixed_labels, mixed_weights
         return state
 
-    def segmentation_loss(self, state: StepState) -> dict[str, torch.Tensor]:
-        """The source CE (+ aux), averaged as ``source_ce_mean`` says."""
+    def source_ce(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One level's source CE, averaged as ``source_ce_mean`` says."""
         if self.source_ce_mean == "valid" or self.class_weights is not None:
-            return super().segmentation_loss(state)
-        every_pixel = torch.ones(state.labels.shape, device=state.labels.device)  # ignored pixels' CE is 0
-        ac = self.align_corners
-        losses = {"seg": pixel_weighted_ce(state.source.logits, state.labels, every_pixel, align_corners=ac)}
-        if state.source.aux_logits is not None:
-            losses["seg_aux"] = self.seg_aux_weight * pixel_weighted_ce(state.source.aux_logits, state.labels,
-                                                                        every_pixel, align_corners=ac)
-        return losses
+            return super().source_ce(logits, labels)
+        every_pixel = torch.ones(labels.shape, device=labels.device)  # ignored pixels' CE is 0
+        return pixel_weighted_ce(logits, labels, every_pixel, align_corners=self.align_corners)
 
     def generator_losses(self, state: StepState) -> dict[str, torch.Tensor]:
         """Source CE (+ aux) and the pixel-weighted mixed CE (+ aux)."""
