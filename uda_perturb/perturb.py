@@ -233,14 +233,42 @@ class Perturber(nn.Module):
         assert each is not None
         return ctx, [([raw[i]], each[i], [each[i]]) for i in range(len(groups))]
 
-    def _combined(self, terms: list[Term], summed: Optional[torch.Tensor],
-                  units: Optional[list[tuple[torch.Tensor, torch.Tensor]]], each: Optional[list[torch.Tensor]]
-                  ) -> torch.Tensor:
-        """The step before its normalisation: the summed gradient, or the ``balanced`` sum of directions."""
+    def _combined(self, terms: list[Term], summed: Optional[torch.Tensor], each: Optional[list[torch.Tensor]],
+                  want_each: bool) -> tuple[torch.Tensor, Optional[list[tuple[torch.Tensor, torch.Tensor]]]]:
+        """The step before its normalisation (the summed gradient, or the ``balanced`` sum of directions: for L2
+        without the unit vectors as tensors of their own where every norm is safe), and each objective's
+        :func:`unit_l2` when the statistics want them, computed apart so that measuring them changes no step."""
+        parts = [unit_l2(g) for g in each] if each is not None and want_each else None
         if summed is not None:
-            return summed
-        assert units is not None and each is not None
-        return balanced_direction(each, [u for u, _ in units], [abs(t.weight) for t in terms], self.norm)
+            return summed, parts
+        assert each is not None
+        weights = [abs(t.weight) for t in terms]
+        fused = balanced_l2(each, weights) if self.norm == "l2" else None
+        if fused is not None:
+            return fused, parts
+        units = [u for u, _ in (parts or [unit_l2(g) for g in each])] if self.norm == "l2" else []
+        return balanced_direction(each, units, weights, self.norm), parts
+
+    def _step(self, delta: Optional[torch.Tensor], combined: torch.Tensor, size: torch.Tensor, own: bool,
+              alpha: torch.Tensor, r: torch.Tensor, want_direction: bool
+              ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``(the displacement after this step, its unit direction)``. From the clean point (``delta`` None) the
+        step is the displacement, in the ball already unless alpha exceeds eps, and an L2 one is scaled in one
+        pass, its direction a tensor only when ``want_direction`` (the statistics). ``own``: ``combined`` is the
+        loop's temporary and may be overwritten (a summed gradient may be autograd's view)."""
+        if delta is not None:
+            direction = unit_direction(combined, self.norm, size, in_place=own)
+            return advance(delta, direction, alpha, r, self.norm, self.project), direction
+        if self.norm == "l2":
+            maybe = combined / (size + TINY) if want_direction else None
+            factor = alpha / (size + TINY)
+            first = combined.mul_(factor) if own else combined * factor
+        else:
+            maybe = unit_direction(combined, self.norm, size, in_place=own)
+            first = maybe * alpha
+        if self.project and self.alpha > self.eps:
+            first = project(first, r, self.norm)
+        return first, maybe
 
     def _align(self, heads: Sequence[nn.Module]) -> bool:
         if self.align_corners is not None:
@@ -341,35 +369,14 @@ class Perturber(nn.Module):
                 units: list[Optional[tuple[torch.Tensor, torch.Tensor]]] = []
                 directions: list[torch.Tensor] = []
                 for i, (terms, (_, summed, each)) in enumerate(zip(groups, evals)):
-                    # balanced (L2): the sum of unit directions without them as tensors of their own; the units
-                    # only for the statistics, so that measuring them changes no result
-                    fused = (balanced_l2(each, [abs(t.weight) for t in terms])
-                             if summed is None and each is not None and self.norm == "l2" else None)
-                    parts = None
-                    if each is not None and (want_each or (summed is None and fused is None)):
-                        parts = [unit_l2(g) for g in each]
-                    combined = fused if fused is not None else self._combined(terms, summed, parts, each)
+                    combined, parts = self._combined(terms, summed, each, want_each)
                     size = position_norm(combined)  # once: what moved, and the L2 direction
                     moved[i] |= size > 0
-                    units += parts if parts is not None and want_each else [None] * len(terms)
-                    own = summed is None  # the balanced sum is this loop's temporary; a summed gradient may be a view
-                    if step == 0 and not self.random_start:  # from the clean point: the step is the displacement,
-                        if self.norm == "l2":  # scaled in one pass; the direction as a tensor only for the statistics
-                            if tracker is not None:
-                                directions += [combined / (size + TINY)] * len(terms)
-                            factor = alpha / (size + TINY)
-                            deltas[i] = combined.mul_(factor) if own else combined * factor
-                        else:
-                            direction = unit_direction(combined, self.norm, size, in_place=own)
-                            deltas[i] = direction * alpha
-                            directions += [direction] * len(terms)
-                        if self.project and self.alpha > self.eps:  # in the ball already unless alpha exceeds eps
-                            deltas[i] = project(cast(torch.Tensor, deltas[i]), r, self.norm)
-                    else:
-                        direction = unit_direction(combined, self.norm, size, in_place=own)
-                        deltas[i] = advance(cast(torch.Tensor, deltas[i]), direction, alpha, r, self.norm,
-                                            self.project)
-                        directions += [direction] * len(terms)
+                    units += parts if parts is not None else [None] * len(terms)
+                    deltas[i], direction = self._step(deltas[i], combined, size, summed is None, alpha, r,
+                                                      tracker is not None)
+                    if tracker is not None:
+                        directions += [cast(torch.Tensor, direction)] * len(terms)
                 if tracker is not None:
                     tracker.record([u[0] if u else None for u in units], [u[1] if u else None for u in units],
                                    directions, same_point=len(groups) == 1 or (step == 0 and not self.random_start))
