@@ -24,7 +24,7 @@ def check_inputs(features: torch.Tensor, labels: Optional[torch.Tensor], domain:
     if not features.is_floating_point():
         raise TypeError(f"features must be floating point, got {features.dtype}")
     # the sum is finite unless an entry is NaN or Inf (or the sum overflows: then the exact check decides); one
-    # reduction instead of isfinite's mask, about 20x cheaper on 2 x 2048 x 16 x 32 features on 2 CPU cores
+    # reduction instead of isfinite's mask and its feature-sized allocation
     if not bool(torch.isfinite(features.sum())) and not bool(torch.isfinite(features).all()):
         raise ValueError("features contain NaN or Inf; refusing to perturb them")
     if domain not in DOMAINS:
