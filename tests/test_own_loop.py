@@ -264,3 +264,24 @@ def test_the_reference_step_runs_with_its_own_discriminators():
             out = step(model, discs, cap, x, y, x, defend)
             assert out["loss"] > 0 and out["d_loss"] > 0
     assert float(bce(torch.zeros(1), 0.0)) == pytest.approx(0.6931, abs=1e-4)
+
+
+def test_the_floor_by_hand_is_the_default_defense_loss_and_gradients():
+    """The benchmark's floor (the defense's least tensor work written out) computes what the default
+    ``perturb_and_defend`` computes in that step: the same total loss and the same gradients of every parameter,
+    so its time is a floor of the same work, not of a cheaper one."""
+    from uda_perturb.bench.own_loop import ResDeeplab, fc_discriminator, step
+
+    torch.manual_seed(0)
+    model, discs = ResDeeplab(3, 50).train(), [fc_discriminator(3, 8), fc_discriminator(3, 8)]
+    xs, xt, y = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64), torch.randint(0, 3, (1, 64, 64))
+    runs = {}
+    with up.capture_features(model, main="layer4", aux="layer3") as cap:
+        for defend in (True, "by_hand", False):
+            model.zero_grad(set_to_none=True)
+            out = step(model, discs, cap, xs, y, xt, defend)
+            runs[defend] = (out["loss"], {n: p.grad.clone() for n, p in model.named_parameters()})
+    assert runs[True][0] == pytest.approx(runs["by_hand"][0], rel=1e-6)
+    assert runs[True][0] != pytest.approx(runs[False][0], rel=1e-3)  # the defense is in the loss
+    for name, grad in runs[True][1].items():
+        torch.testing.assert_close(runs["by_hand"][1][name], grad, rtol=1e-5, atol=1e-7)
