@@ -6,6 +6,7 @@ adds on the features it already computed (no extra backbone pass).
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Optional, Sequence, cast
@@ -382,14 +383,18 @@ class Perturber(nn.Module):
                                    directions, same_point=len(groups) == 1 or (step == 0 and not self.random_start))
             # positions without gradient (ignored pixels) stay put
             moves = [d if bool(m.all()) else d.mul_(m) for d, m in zip(cast(list[torch.Tensor], deltas), moved)]
-            chunks = [(f0.float() + d).to(f0.dtype).contiguous().detach() for d in moves]
+            one = len(groups) == 1  # no copies of the buffers for one f*
+            stats = _summary(moves[0] if one else torch.cat(moves),
+                             f0_norm if one else f0_norm.repeat(len(groups), 1, 1, 1),
+                             moved[0] if one else torch.cat(moved), loss_before, None)
+            # f* in each displacement's own buffer (the attack's, float32): no feature-sized allocation
+            chunks = [d.add_(f0).to(f0.dtype).contiguous().detach() for d in moves]
             assert ctx is not None
-            after = self._measure(groups, ctx, chunks, call.classifier) if measure else None
-        one = len(groups) == 1  # no copies of the buffers for one f*
-        stats = _summary(moves[0] if one else torch.cat(moves),
-                         f0_norm if one else f0_norm.repeat(len(groups), 1, 1, 1),
-                         moved[0] if one else torch.cat(moved), loss_before,
-                         sum(t.weight * v for t, v in zip(attacks, after)) if after is not None else None)
+            if measure:
+                after = self._measure(groups, ctx, chunks, call.classifier)
+                stats.attack_loss_after = sum(t.weight * v for t, v in zip(attacks, after))
+            else:
+                after = None
         if tracker is not None:
             tracker.set_losses(clean, after if after is not None else [float("nan")] * len(attacks))
             stats.objectives, stats.direction_cosine = tracker.result()
@@ -553,10 +558,17 @@ def perturb_and_defend(features: torch.Tensor, classifier: Classifier, *, labels
 
 def check_settings(settings: dict[str, Any]) -> None:
     """Refuse a keyword neither ``perturb_and_defend`` nor :class:`Perturber` takes, suggesting the closest."""
-    known = [n for n, p in inspect.signature(Perturber.__init__).parameters.items()
-             if p.kind == p.KEYWORD_ONLY] + list(inspect.signature(perturb_and_defend).parameters)
+    known = _known_settings()
     for key in settings:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise TypeError(f"perturb_and_defend() got an unexpected keyword argument {key!r}{hint}")
+
+
+@functools.lru_cache(maxsize=1)
+def _known_settings() -> tuple[str, ...]:
+    """The keywords ``perturb_and_defend`` takes, read once (reading two signatures took a quarter of a
+    millisecond, in every call)."""
+    return tuple([n for n, p in inspect.signature(Perturber.__init__).parameters.items()
+                  if p.kind == p.KEYWORD_ONLY] + list(inspect.signature(perturb_and_defend).parameters))
