@@ -75,11 +75,13 @@ def unit_l2(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return scaled.div_(n.clamp_min(1.0)), peak * n  # a non-zero position's norm is >= 1 after scaling
 
 
-def balanced_l2(grads: Sequence[torch.Tensor], weights: Sequence[float]) -> Optional[torch.Tensor]:
+def balanced_l2(grads: Sequence[torch.Tensor], weights: Sequence[float],
+                norms: Optional[Sequence[torch.Tensor]] = None) -> Optional[torch.Tensor]:
     """The L2 ``balanced`` sum ``sum_o w_o g_o / |g_o|`` without the unit vectors as tensors of their own (one pass
     per objective after its norm), where every norm is safe (:func:`safe_norms`); ``None`` otherwise, for
-    :func:`unit_l2`'s scaled route. Equal to :func:`balanced_direction` of the :func:`unit_l2` units up to rounding."""
-    norms = [position_norm(g) for g in grads]
+    :func:`unit_l2`'s scaled route. Equal to :func:`balanced_direction` of the :func:`unit_l2` units up to rounding.
+    ``norms``: each gradient's :func:`position_norm` where already taken (:func:`unit_l2`'s, the same values)."""
+    norms = [position_norm(g) for g in grads] if norms is None else norms
     if not all(safe_norms(n) for n in norms):
         return None
     out = grads[0].float() * (weights[0] / norms[0])

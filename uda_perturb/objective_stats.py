@@ -57,10 +57,13 @@ class ObjectiveTracker:
         """One attack step: each objective's unit gradient and per-position gradient norm (:func:`unit_l2` of its
         weighted term's gradient; ``None`` where not computed) and the step it took part in. Shares and pairwise
         cosines are recorded only when every objective's gradient was taken at the same point."""
+        step_norms: dict[int, torch.Tensor] = {}  # a step shared by several objectives: its norm taken once
         for i, (u, n, step) in enumerate(zip(units, norms, steps)):
             if u is None or n is None:
                 continue
-            sn = position_norm(step)
+            if id(step) not in step_norms:
+                step_norms[id(step)] = position_norm(step)
+            sn = step_norms[id(step)]
             both = (n > 0) & (sn > 0)
             cos = (u * step.float()).sum(dim=1, keepdim=True) / sn.clamp_min(torch.finfo(torch.float32).tiny)
             self._cos[i].append(float(cos[both].mean()) if bool(both.any()) else 0.0)

@@ -244,7 +244,8 @@ class Perturber(nn.Module):
             return summed, parts
         assert each is not None
         weights = [abs(t.weight) for t in terms]
-        fused = balanced_l2(each, weights) if self.norm == "l2" else None
+        # the statistics' unit_l2 norms are the ones balanced_l2 takes (where they are safe): not taken twice
+        fused = balanced_l2(each, weights, [n for _, n in parts] if parts else None) if self.norm == "l2" else None
         if fused is not None:
             return fused, parts
         units = [u for u, _ in (parts or [unit_l2(g) for g in each])] if self.norm == "l2" else []
