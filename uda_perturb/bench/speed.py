@@ -59,6 +59,8 @@ METHODS: dict[str, tuple[str, list[Any], dict[str, Any]]] = {
     # caller's graph whatever the head's BatchNorm (first_step: caller)
     "apoda_own": ("apoda", [], {"perturbation": {"first_step": "own"}}),
     "apoda_caller": ("apoda", [], {"perturbation": {"first_step": "caller"}}),
+    # both cheaper rules at once: the caller's graph and one backward of the summed objectives (both change f*)
+    "apoda_caller_sum": ("apoda", [], {"perturbation": {"first_step": "caller", "combine": "sum"}}),
     "apoda_separate": ("apoda", [], {"perturbation": {"combine": "separate"}}),
     "apoda_steps3": ("apoda", [], {"perturbation": {"steps": 3}}),
     "advent+perturbation": ("advent", ["perturbation"], {"minent_weights": [0.001]}),
@@ -236,7 +238,8 @@ def main(argv: Optional[Sequence[str]] = None, results_dir: Optional[Path] = Non
                   f"{f(r['mem_vs_adaptsegnet'])} |")
     md += ["", "Targets (issue 43): APODA at most 1.20x an AdaptSegNet step on DeepLab-v2 R50 and R101, 1.25x on the "
            "comparison model; peak memory at most 1.10x. `apoda_own`: the first attack step from the attack's own "
-           "head forward (before `first_step: auto`); `apoda_caller`: from the caller's graph whatever the head."]
+           "head forward (before `first_step: auto`); `apoda_caller`: from the caller's graph whatever the head; "
+           "`apoda_caller_sum`: that and one backward of the summed objectives (`combine: sum`)."]
     payload = {"model": args.model, "size": args.size, "batch": args.batch, "rows": rows, "repeats": args.repeats,
                "device": str(device), "amp": args.amp, "channels_last": args.channels_last, "ndf": args.ndf,
                "threads": torch.get_num_threads(), "frozen_stages": args.frozen_stages}
