@@ -81,7 +81,8 @@ TESTS = {
                                           "tests/test_call_sites.py", "tests/test_perturb.py",
                                           "tests/test_perturbation_addon.py"],
     # the statistics are read through perturb_and_defend and the add-on's metrics: the files that check their values
-    "uda_perturb/objective_stats.py": ["tests/test_attack_combination.py", "tests/test_defense_reference.py",
+    "uda_perturb/objective_stats.py": ["tests/test_objective_tracker.py", "tests/test_attack_combination.py",
+                                       "tests/test_defense_reference.py",
                                        "tests/test_first_step.py", "tests/test_perturbation_addon.py",
                                        "tests/test_call_sites.py", "tests/test_bench_attack_stats.py"],
     "uda_perturb/data/rare_class_sampling.py": ["tests/test_daformer_rules.py", "tests/test_call_sites.py",
