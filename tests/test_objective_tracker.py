@@ -74,6 +74,7 @@ def test_unmeasured_statistics_are_nan_and_losses_set_the_rise():
     empty = ObjectiveStats()
     assert all(math.isnan(v) for v in (empty.loss_clean, empty.loss_perturbed, empty.step_cosine, empty.grad_share))
     assert math.isnan(empty.rise)
+    assert ObjectiveStats(loss_clean=1.0, loss_perturbed=1.5).rise == 0.5  # built with its fields, as a dataclass
     tracker = ObjectiveTracker(["classifier", "discriminator"])
     tracker.set_losses([1.0, 0.5], [1.5, 0.25])
     stats, _ = tracker.result()
