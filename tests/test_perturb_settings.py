@@ -50,7 +50,7 @@ def test_summary_of_a_move_from_a_zero_feature_is_finite_and_positive():
     f0[0, :, 0, 1] = torch.tensor([3.0, 4.0, 0.0])  # norm 5 at the second position, 0 at the first
     delta = torch.zeros(1, 3, 1, 2)
     delta[0, 0] = 1.0  # norm 1 at both positions
-    s = _summary(delta, f0.norm(dim=1, keepdim=True), torch.tensor([True, False]), 0.5, None)
+    s = _summary(delta, f0.norm(dim=1, keepdim=True), torch.tensor([True, False]), 0.5)
     assert s.mean_norm == 1.0 and s.max_norm == 1.0 and s.fraction_perturbed == 0.5
     assert s.mean_relative_norm == pytest.approx((1 / 1e-12 + 1 / 5) / 2)
 

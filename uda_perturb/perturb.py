@@ -387,7 +387,7 @@ class Perturber(nn.Module):
             one = len(groups) == 1  # no copies of the buffers for one f*
             stats = _summary(moves[0] if one else torch.cat(moves),
                              f0_norm if one else f0_norm.repeat(len(groups), 1, 1, 1),
-                             moved[0] if one else torch.cat(moved), loss_before, None)
+                             moved[0] if one else torch.cat(moved), loss_before)
             # f* in each displacement's own buffer (the attack's, float32): no feature-sized allocation
             chunks = [d.add_(f0).to(f0.dtype).contiguous().detach() for d in moves]
             assert ctx is not None
@@ -436,7 +436,7 @@ class Perturber(nn.Module):
         with torch.no_grad():
             delta = term.module.displacement(f0.float(), self._radius(f0, self.eps), self.norm)  # type: ignore
         perturbed = (f0.float() + delta).to(f0.dtype).contiguous().detach()
-        return perturbed, _summary(delta, position_norm(f0), position_norm(delta) > 0, 0.0, None), ctx
+        return perturbed, _summary(delta, position_norm(f0), position_norm(delta) > 0, 0.0), ctx
 
     def forward(self, features: torch.Tensor, classifier: Classifier, *, labels: Optional[torch.Tensor] = None,
                 domain: str = "source", discriminator: Optional[nn.Module] = None,

@@ -41,11 +41,10 @@ class PerturbResult:
     adv_logits: torch.Tensor
 
 
-def _summary(delta: torch.Tensor, f0_norm: torch.Tensor, moved: torch.Tensor, loss_before: float,
-             loss_after: Optional[float]) -> PerturbStats:
+def _summary(delta: torch.Tensor, f0_norm: torch.Tensor, moved: torch.Tensor, loss_before: float) -> PerturbStats:
     """Per-position norms of the displacement ``delta`` of features whose per-position norms are ``f0_norm``, and
-    the share of positions ``moved``."""
+    the share of positions ``moved`` (``attack_loss_after`` is set by the caller where it is measured)."""
     norms = position_norm(delta)
     rel = norms / (f0_norm + _TINY)
     return PerturbStats(float(norms.mean()), float(norms.max()), float(rel.mean()), float(moved.float().mean()),
-                        loss_before, loss_after)
+                        loss_before)
