@@ -569,7 +569,6 @@ def check_settings(settings: dict[str, Any]) -> None:
 
 @functools.lru_cache(maxsize=1)
 def _known_settings() -> tuple[str, ...]:
-    """The keywords ``perturb_and_defend`` takes, read once (reading two signatures took a quarter of a
-    millisecond, in every call)."""
+    """The keywords ``perturb_and_defend`` takes, read once rather than two signatures read in every call."""
     return tuple([n for n, p in inspect.signature(Perturber.__init__).parameters.items()
                   if p.kind == p.KEYWORD_ONLY] + list(inspect.signature(perturb_and_defend).parameters))

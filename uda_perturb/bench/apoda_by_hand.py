@@ -15,15 +15,12 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..attack_combination import position_norm
 from ..losses import SOURCE_LABEL, TARGET_LABEL, bce_to, kl_div, seg_ce, upsample
 from ..methods.base import StepState, UDAMethod
 from ..model_state import frozen_state, mode_sensitive, untracked_statistics
 
 EPS, LAMBDA_SOURCE, LAMBDA_TARGET = 0.1, 1.0, 0.1  # the add-on's defaults
-
-
-def _norm(x: torch.Tensor) -> torch.Tensor:
-    return (x * x).sum(1, keepdim=True).sqrt()
 
 
 def _perturbed(head: nn.Module, d: nn.Module, f0: torch.Tensor, clean: torch.Tensor, labels: Optional[torch.Tensor],
@@ -36,8 +33,8 @@ def _perturbed(head: nn.Module, d: nn.Module, f0: torch.Tensor, clean: torch.Ten
         label = SOURCE_LABEL if labels is not None else TARGET_LABEL
         objectives = [seg_ce(logits, target), bce_to(d(logits.softmax(1)), label)]
         g1, g2 = (torch.autograd.grad(v, f, retain_graph=True)[0] for v in objectives)
-    step = g1 / _norm(g1) + g2 / _norm(g2)
-    return f0.detach() + step * (EPS * _norm(f0.detach()) / _norm(step))
+    step = g1 / position_norm(g1) + g2 / position_norm(g2)
+    return f0.detach() + step * (EPS * position_norm(f0.detach()) / position_norm(step))
 
 
 class ByHandDefense(nn.Module):

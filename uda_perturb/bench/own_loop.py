@@ -20,6 +20,7 @@ from torch import nn
 
 import uda_perturb as up
 
+from ..attack_combination import position_norm
 from .report import add_results_options, check_replace, environment, results_folder, write_results
 
 LAMBDA_SEG_AUX, LAMBDA_ADV = (0.1, 1.0), (0.0002, 0.001)  # AdaptSegNet's: aux / main level
@@ -86,10 +87,9 @@ def by_hand(f: torch.Tensor, logits: torch.Tensor, head: nn.Module, d: nn.Module
     else:
         objectives.append(up.losses.bce_to(d_out, up.losses.TARGET_LABEL))
     grads = [torch.autograd.grad(v, f, retain_graph=True)[0] for v in objectives]
-    direction = grads[0] / (grads[0] * grads[0]).sum(1, keepdim=True).sqrt()
-    direction = direction + grads[1] / (grads[1] * grads[1]).sum(1, keepdim=True).sqrt()
+    direction = grads[0] / position_norm(grads[0]) + grads[1] / position_norm(grads[1])
     f0 = f.detach()
-    scale = eps * (f0 * f0).sum(1, keepdim=True).sqrt() / (direction * direction).sum(1, keepdim=True).sqrt()
+    scale = eps * position_norm(f0) / position_norm(direction)
     adv = up_(head(f0 + direction * scale))
     if labels is not None:
         return up.losses.seg_ce(adv, labels)
