@@ -63,7 +63,7 @@ METHODS: dict[str, tuple[str, list[Any], dict[str, Any]]] = {
     # both cheaper rules at once: the caller's graph and one backward of the summed objectives (both change f*)
     "apoda_caller_sum": ("apoda", [], {"perturbation": {"first_step": "caller", "combine": "sum"}}),
     # the floor of apoda's default: AdaptSegNet plus its defense written out as the least tensor work (by_hand)
-    "apoda_by_hand": ("adaptsegnet", ["by_hand"], {}),
+    "apoda_by_hand": ("adaptsegnet", [ByHandDefense()], {}),  # stateless: one instance serves every build
     "apoda_separate": ("apoda", [], {"perturbation": {"combine": "separate"}}),
     "apoda_steps3": ("apoda", [], {"perturbation": {"steps": 3}}),
     "advent+perturbation": ("advent", ["perturbation"], {"minent_weights": [0.001]}),
@@ -88,10 +88,7 @@ def make(model: str, method: str, device: torch.device, channels_last: bool = Fa
     # ``--ndf`` sets the discriminator width of the methods that have one (the comparison: 32; paper code: 64)
     if ndf is not None and "ndf" in inspect.signature(METHOD_REGISTRY.get(name)).parameters:
         opts = {**opts, "ndf": ndf}
-    if addons == ["by_hand"]:  # not a registered add-on: a benchmark's floor
-        m = METHOD_REGISTRY.build(name, segmentor=seg, addons=[ByHandDefense()], **opts).to(device).train()
-    else:
-        m = build_method(name, seg, addons, opts).to(device).train()
+    m = build_method(name, seg, addons, opts).to(device).train()
     m.record_stats = False  # as 9 of 10 training steps (train.log_every: 10): no statistics for the log
     return m.to(memory_format=torch.channels_last) if channels_last else m
 

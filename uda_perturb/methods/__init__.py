@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence, Union
 
+from torch import nn
+
 from ..models.segmentor import Segmentor
 from ..registry import ADDONS, METHODS
 from . import (  # noqa: F401
@@ -18,13 +20,13 @@ from . import (  # noqa: F401
 )
 from .base import StepResult, StepState, UDAMethod
 
-AddonSpec = Union[str, dict]
+AddonSpec = Union[str, dict, nn.Module]
 
 
 def build_method(name: str, segmentor: Segmentor, addons: Sequence[AddonSpec] = (),
                  options: Optional[dict[str, Any]] = None) -> UDAMethod:
-    """Build a method by name with add-ons given by name or ``{"name": ..., **settings}``."""
-    built = [ADDONS.build(a) for a in addons]
+    """Build a method by name with add-ons given by name, as ``{"name": ..., **settings}`` or as built modules."""
+    built = [a if isinstance(a, nn.Module) else ADDONS.build(a) for a in addons]
     method = METHODS.build(name, segmentor=segmentor, addons=built, **(options or {}))
     for addon in built:  # add-ons that need something of the method say so now, not at the first step
         check = getattr(addon, "check", None)
